@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -87,42 +88,43 @@ func ResolveCacheExporterFunc(sm *session.Manager) remotecache.ResolveCacheExpor
 // ResolveCacheImporterFunc for "local" cache importer.
 func ResolveCacheImporterFunc(sm *session.Manager) remotecache.ResolveCacheImporterFunc {
 	return func(ctx context.Context, g session.Group, attrs map[string]string) (remotecache.Importer, ocispecs.Descriptor, error) {
-		p, desc, err := resolveImport(ctx, sm, g, attrs)
+		p, desc, missing, err := resolveImport(ctx, sm, g, attrs)
 		if err != nil {
 			return nil, ocispecs.Descriptor{}, err
 		}
-		return remotecache.NewImporter(p), desc, nil
+		return newImporter(p, missing), desc, nil
 	}
 }
 
 // resolveImport parses the import attributes, picks the session of g that
 // serves src and holds the cache manifest, and returns the provider the
-// importer reads through.
-func resolveImport(ctx context.Context, sm *session.Manager, g session.Group, attrs map[string]string) (*cacheProvider, ocispecs.Descriptor, error) {
+// importer reads through. A lazy import also returns the layer blobs the
+// manifest lists that the directory lacks.
+func resolveImport(ctx context.Context, sm *session.Manager, g session.Group, attrs map[string]string) (*cacheProvider, ocispecs.Descriptor, map[digest.Digest]struct{}, error) {
 	dgstStr := attrs[attrDigest]
 	if dgstStr == "" {
-		return nil, ocispecs.Descriptor{}, errors.New("local cache importer requires explicit digest")
+		return nil, ocispecs.Descriptor{}, nil, errors.New("local cache importer requires explicit digest")
 	}
 	dgst, err := digest.Parse(dgstStr)
 	if err != nil {
-		return nil, ocispecs.Descriptor{}, errors.Wrapf(err, "failed to parse %s %q", attrDigest, dgstStr)
+		return nil, ocispecs.Descriptor{}, nil, errors.Wrapf(err, "failed to parse %s %q", attrDigest, dgstStr)
 	}
 	src := attrs[attrSrc]
 	if src == "" {
-		return nil, ocispecs.Descriptor{}, errors.New("local cache importer requires src")
+		return nil, ocispecs.Descriptor{}, nil, errors.New("local cache importer requires src")
 	}
 	lazy, err := parseBool(attrs, attrLazy, false)
 	if err != nil {
-		return nil, ocispecs.Descriptor{}, err
+		return nil, ocispecs.Descriptor{}, nil, err
 	}
 
 	cs, sessionID, err := findStore(ctx, sm, g, src, dgst)
 	if err != nil {
-		return nil, ocispecs.Descriptor{}, err
+		return nil, ocispecs.Descriptor{}, nil, err
 	}
 	info, err := cs.Info(ctx, dgst)
 	if err != nil {
-		return nil, ocispecs.Descriptor{}, err
+		return nil, ocispecs.Descriptor{}, nil, err
 	}
 	desc := ocispecs.Descriptor{
 		// The media type stays empty: the importer detects it from the
@@ -136,24 +138,29 @@ func resolveImport(ctx context.Context, sm *session.Manager, g session.Group, at
 		src:      src,
 		importer: session.NewGroup(sessionID),
 		lazy:     lazy,
+		verified: &sync.Map{},
 	}
+	var missing map[digest.Digest]struct{}
 	if lazy {
-		missing, total, err := missingLayers(ctx, cs, desc)
+		m, err := readCacheManifest(ctx, cs, desc)
 		if err != nil {
-			return nil, ocispecs.Descriptor{}, errors.Wrapf(err, "failed to check layer blobs of local cache %s", src)
+			return nil, ocispecs.Descriptor{}, nil, err
+		}
+		missing, err = missingLayers(ctx, cs, m)
+		if err != nil {
+			return nil, ocispecs.Descriptor{}, nil, errors.Wrapf(err, "failed to check layer blobs of local cache %s", src)
 		}
 		if len(missing) > 0 {
-			// Eager import notices a missing blob while loading: the unlazy
-			// fails and the record is dropped. Keep that for these blobs
-			// only, so the build reruns the affected steps instead of
-			// failing later at mount or at cache export.
-			msg := fmt.Sprintf("lazy local cache %s: %d of %d layer blobs are missing from the directory; steps that need them will run again", src, len(missing), total)
+			// Eager import notices a missing blob while loading and drops
+			// the record. Do the same up front (see importer), so the build
+			// reruns those steps instead of failing later at mount or at
+			// cache export.
+			msg := fmt.Sprintf("lazy local cache %s: %d of %d layer blobs are missing from the directory; steps that need them will run again", src, len(missing), len(m.layers))
 			bklog.G(ctx).Warn(msg)
 			progress.OneOff(ctx, msg)(nil)
 		}
-		p.missing = missing
 	}
-	return p, desc, nil
+	return p, desc, missing, nil
 }
 
 // findStore returns the content store "local:"+dir of the first session of g

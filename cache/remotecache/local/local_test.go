@@ -140,7 +140,7 @@ func newManager(t *testing.T) *session.Manager {
 func importLazyThenClose(t *testing.T, sm *session.Manager, c *testCache) *cacheProvider {
 	t.Helper()
 	a := startSession(t, sm, serving(c))
-	p, _, err := resolveImport(t.Context(), sm, session.NewGroup(a.ID()), c.attrs(attrLazy, "true"))
+	p, _, _, err := resolveImport(t.Context(), sm, session.NewGroup(a.ID()), c.attrs(attrLazy, "true"))
 	require.NoError(t, err)
 	closeSession(t, sm, a)
 	return p
@@ -183,7 +183,7 @@ func TestResolveImportAttrs(t *testing.T) {
 		{name: "other dir", attrs: map[string]string{attrSrc: "/nonexistent", attrDigest: c.manifest.Digest.String()}, wantErr: []string{"no session of this build serves the cache directory /nonexistent"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, desc, err := resolveImport(t.Context(), sm, g, tc.attrs)
+			p, desc, _, err := resolveImport(t.Context(), sm, g, tc.attrs)
 			if tc.wantErr != nil {
 				require.Error(t, err)
 				for _, s := range tc.wantErr {
@@ -213,7 +213,7 @@ func TestEagerAsksUnlazyWithImportingSession(t *testing.T) {
 	sm := newManager(t)
 	c := newTestCache(t, false, "one", "two")
 	s := startSession(t, sm, serving(c))
-	p, _, err := resolveImport(t.Context(), sm, session.NewGroup(s.ID()), c.attrs())
+	p, _, _, err := resolveImport(t.Context(), sm, session.NewGroup(s.ID()), c.attrs())
 	require.NoError(t, err)
 	for _, l := range c.layers {
 		pair := cacheimport.DescriptorProviderPair{Descriptor: l, Provider: p}
@@ -226,9 +226,9 @@ func TestLazyDoesNotAskUnlazy(t *testing.T) {
 		sm := newManager(t)
 		c := newTestCache(t, imageManifest, "one", "two")
 		s := startSession(t, sm, serving(c))
-		p, _, err := resolveImport(t.Context(), sm, session.NewGroup(s.ID()), c.attrs(attrLazy, "true"))
+		p, _, missing, err := resolveImport(t.Context(), sm, session.NewGroup(s.ID()), c.attrs(attrLazy, "true"))
 		require.NoError(t, err)
-		require.Empty(t, p.missing)
+		require.Empty(t, missing)
 		for _, l := range c.layers {
 			pair := cacheimport.DescriptorProviderPair{Descriptor: l, Provider: p}
 			require.Nil(t, pair.UnlazySession(l), "image-manifest=%v", imageManifest)
@@ -280,7 +280,7 @@ func TestLazyReadGroupWithSeveralSessions(t *testing.T) {
 	g := session.NewGroup(noContent.ID(), otherDir.ID(), good.ID())
 
 	// Import picks the session that serves the directory, not the first.
-	p, _, err := resolveImport(t.Context(), sm, g, c.attrs(attrLazy, "true"))
+	p, _, _, err := resolveImport(t.Context(), sm, g, c.attrs(attrLazy, "true"))
 	require.NoError(t, err)
 	require.Equal(t, []string{good.ID()}, session.AllSessionIDs(p.importer))
 
@@ -341,27 +341,38 @@ func TestLazyReadSessionClosesBetweenInfoAndRead(t *testing.T) {
 	require.ErrorContains(t, err, desc.Digest.String())
 }
 
+// A corrupt blob is refused before any of it is handed out: the daemon
+// keeps partial ingests per digest, so bad bytes it received would break
+// every later fetch of that digest.
 func TestLazyReadDigestMismatch(t *testing.T) {
 	sm := newManager(t)
 	c := newTestCache(t, false, "original content")
 	p := importLazyThenClose(t, sm, c)
 	desc := c.layers[0]
+	b := startSession(t, sm, serving(c))
+	g := session.NewGroup(b.ID())
+
 	// Same size, other bytes: only the digest can tell.
 	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), []byte("corrupt content!"), 0o644))
-
-	b := startSession(t, sm, serving(c))
-	_, err := readVia(t, p, session.NewGroup(b.ID()), desc)
+	ra, err := p.ProviderForSession(g).ReaderAt(t.Context(), desc)
+	require.Nil(t, ra)
 	require.ErrorContains(t, err, "local cache "+c.dir+": blob "+desc.Digest.String()+" is corrupt")
 
 	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), []byte("short"), 0o644))
-	_, err = readVia(t, p, session.NewGroup(b.ID()), desc)
-	require.ErrorContains(t, err, "local cache "+c.dir+": blob "+desc.Digest.String()+" is truncated")
+	_, err = readVia(t, p, g, desc)
+	require.ErrorContains(t, err, "local cache "+c.dir+": blob "+desc.Digest.String()+" has 5 bytes, its descriptor says 16")
+
+	// Repaired, it reads; no state of the failed reads is left behind.
+	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), c.data[desc.Digest], 0o644))
+	dt, err := readVia(t, p, g, desc)
+	require.NoError(t, err)
+	require.Equal(t, c.data[desc.Digest], dt)
 }
 
 // A blob deleted from the directory must not fail the build later: lazy
-// import finds it at import and asks the worker to load it eagerly, which
-// fails while loading and drops the records that need it, as eager import
-// does. The blobs that are there stay lazy.
+// import finds it at import (Info only) and the importer leaves it out, so
+// the records that need it are not loaded and their steps run again, as
+// with eager import. The blobs that are there stay lazy.
 func TestLazyImportMissingBlob(t *testing.T) {
 	for _, imageManifest := range []bool{false, true} {
 		sm := newManager(t)
@@ -371,14 +382,23 @@ func TestLazyImportMissingBlob(t *testing.T) {
 		s := startSession(t, sm, serving(c))
 		g := session.NewGroup(s.ID())
 
-		p, _, err := resolveImport(t.Context(), sm, g, c.attrs(attrLazy, "true"))
+		p, _, missing, err := resolveImport(t.Context(), sm, g, c.attrs(attrLazy, "true"))
 		require.NoError(t, err)
-		require.Equal(t, map[digest.Digest]struct{}{deleted.Digest: {}}, p.missing)
+		require.Equal(t, map[digest.Digest]struct{}{deleted.Digest: {}}, missing, "image-manifest=%v", imageManifest)
 		require.Nil(t, p.UnlazySession(kept))
-		require.Equal(t, []string{s.ID()}, session.AllSessionIDs(p.UnlazySession(deleted)))
+
+		m, err := readCacheManifest(t.Context(), p, c.manifest)
+		require.NoError(t, err)
+		require.Equal(t, c.layers, m.layers)
+		require.Equal(t, cacheimporttypes.CacheConfigMediaTypeV0, m.config.MediaType)
 
 		_, err = readVia(t, p, g, deleted)
 		require.ErrorContains(t, err, "blob "+deleted.Digest.String()+" is missing from the cache directory")
+
+		// Eager import does not check: it notices while loading, as upstream.
+		_, _, missing, err = resolveImport(t.Context(), sm, g, c.attrs())
+		require.NoError(t, err)
+		require.Empty(t, missing)
 	}
 }
 

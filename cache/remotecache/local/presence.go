@@ -15,25 +15,28 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// maxManifestSize bounds the cache manifest read at import, as the importer
-// itself does.
+// maxManifestSize bounds the manifest and config blobs read at import, as
+// upstream's importer does.
 const maxManifestSize = 1 << 20
 
 // presenceCheckConcurrency bounds the Info calls in flight over the session.
 const presenceCheckConcurrency = 8
 
-// missingLayers returns the layer blobs listed by the cache manifest desc
-// that cs does not hold, and how many layers it lists. Only Info is called:
-// no layer data is read.
-func missingLayers(ctx context.Context, cs content.Store, desc ocispecs.Descriptor) (map[digest.Digest]struct{}, int, error) {
-	layers, err := cacheLayers(ctx, cs, desc)
-	if err != nil {
-		return nil, 0, err
-	}
-	found := make([]bool, len(layers))
+// cacheManifest is what a cache manifest lists: the layer blobs its records
+// can use and the cache config. config is empty for an image manifest
+// without a cache config (inline cache).
+type cacheManifest struct {
+	layers []ocispecs.Descriptor
+	config ocispecs.Descriptor
+}
+
+// missingLayers returns the layer blobs of m that cs does not hold. Only
+// Info is called: no layer data is read.
+func missingLayers(ctx context.Context, cs content.InfoProvider, m cacheManifest) (map[digest.Digest]struct{}, error) {
+	found := make([]bool, len(m.layers))
 	eg, egCtx := errgroup.WithContext(ctx)
 	eg.SetLimit(presenceCheckConcurrency)
-	for i, l := range layers {
+	for i, l := range m.layers {
 		eg.Go(func() error {
 			_, err := cs.Info(egCtx, l.Digest)
 			switch {
@@ -46,52 +49,54 @@ func missingLayers(ctx context.Context, cs content.Store, desc ocispecs.Descript
 		})
 	}
 	if err := eg.Wait(); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	missing := map[digest.Digest]struct{}{}
 	for i, ok := range found {
 		if !ok {
-			missing[layers[i].Digest] = struct{}{}
+			missing[m.layers[i].Digest] = struct{}{}
 		}
 	}
-	return missing, len(layers), nil
+	return missing, nil
 }
 
-// cacheLayers lists the layer descriptors of a cache manifest: the entries
-// of a manifest list other than the cache config, or the layers of an image
-// manifest. These are the blobs the cache config's records can reference.
-func cacheLayers(ctx context.Context, cs content.Store, desc ocispecs.Descriptor) ([]ocispecs.Descriptor, error) {
-	if desc.Size > maxManifestSize {
-		return nil, errors.Errorf("cache manifest %s is too large (%d > %d)", desc.Digest, desc.Size, maxManifestSize)
-	}
-	dt, err := content.ReadBlob(ctx, cs, desc)
+// readCacheManifest reads and parses the cache manifest desc: a manifest
+// list whose entries are the layers plus the cache config, or an image
+// manifest with the cache config as its config.
+func readCacheManifest(ctx context.Context, p content.Provider, desc ocispecs.Descriptor) (cacheManifest, error) {
+	dt, err := readSmallBlob(ctx, p, desc)
 	if err != nil {
-		return nil, errors.Wrapf(err, "failed to read cache manifest %s", desc.Digest)
+		return cacheManifest{}, errors.Wrapf(err, "failed to read cache manifest %s", desc.Digest)
 	}
 	mt, err := imageutil.DetectManifestBlobMediaType(dt)
 	if err != nil {
-		return nil, err
+		return cacheManifest{}, err
 	}
+	var m cacheManifest
 	switch mt {
 	case images.MediaTypeDockerSchema2ManifestList, ocispecs.MediaTypeImageIndex:
 		var idx ocispecs.Index
 		if err := json.Unmarshal(dt, &idx); err != nil {
-			return nil, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
+			return cacheManifest{}, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
 		}
-		var layers []ocispecs.Descriptor
-		for _, m := range idx.Manifests {
-			if m.MediaType != cacheimporttypes.CacheConfigMediaTypeV0 {
-				layers = append(layers, m)
+		for _, d := range idx.Manifests {
+			if d.MediaType == cacheimporttypes.CacheConfigMediaTypeV0 {
+				m.config = d
+			} else {
+				m.layers = append(m.layers, d)
 			}
 		}
-		return layers, nil
 	case images.MediaTypeDockerSchema2Manifest, ocispecs.MediaTypeImageManifest:
-		var m ocispecs.Manifest
-		if err := json.Unmarshal(dt, &m); err != nil {
-			return nil, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
+		var mfst ocispecs.Manifest
+		if err := json.Unmarshal(dt, &mfst); err != nil {
+			return cacheManifest{}, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
 		}
-		return m.Layers, nil
+		m.layers = mfst.Layers
+		if mfst.Config.MediaType == cacheimporttypes.CacheConfigMediaTypeV0 {
+			m.config = mfst.Config
+		}
 	default:
-		return nil, errors.Errorf("unsupported cache manifest type %s for %s", mt, desc.Digest)
+		return cacheManifest{}, errors.Errorf("unsupported cache manifest type %s for %s", mt, desc.Digest)
 	}
+	return m, nil
 }

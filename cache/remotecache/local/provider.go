@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"strings"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
 	cerrdefs "github.com/containerd/errdefs"
@@ -32,9 +33,9 @@ type cacheProvider struct {
 	// ProviderForSession.
 	bound session.Group
 	lazy  bool
-	// missing holds the layer blobs that a lazy import found absent from
-	// the directory; read-only after import.
-	missing map[digest.Digest]struct{}
+	// verified records the blobs whose digest a lazy read has checked;
+	// shared by the copies ProviderForSession makes.
+	verified *sync.Map
 }
 
 var (
@@ -55,19 +56,15 @@ func (p *cacheProvider) ProviderForSession(g session.Group) content.Provider {
 	return &p2
 }
 
-// UnlazySession tells the worker which layers to pull and extract at load
-// time. Eager import asks for all of them through the importing session,
-// which is alive while its build loads the records. Lazy import asks only
-// for blobs it found missing: loading them fails and their records are
-// dropped, exactly as eager import does, so the steps run again.
-func (p *cacheProvider) UnlazySession(desc ocispecs.Descriptor) session.Group {
-	if !p.lazy {
-		return p.importer
+// UnlazySession tells the worker whether to pull and extract a layer while
+// its record loads. Eager import asks for it through the importing session,
+// which is alive while its build loads the records. Lazy import never asks:
+// the layer is read when an op mounts it, through the session of that build.
+func (p *cacheProvider) UnlazySession(ocispecs.Descriptor) session.Group {
+	if p.lazy {
+		return nil
 	}
-	if _, ok := p.missing[desc.Digest]; ok {
-		return p.importer
-	}
-	return nil
+	return p.importer
 }
 
 // Info returns the blob's info from the first live session that serves the
@@ -84,14 +81,22 @@ func (p *cacheProvider) Info(ctx context.Context, dgst digest.Digest) (content.I
 
 // ReaderAt opens the blob through the first live session that serves the
 // directory and holds it. The returned reader moves to another session if
-// this one closes while reading, and checks the digest of what it read.
+// this one closes while reading. A lazy import checks each blob's digest
+// once before serving it (see sessionReaderAt.verify); eager import leaves
+// that to the daemon's content store, as upstream does.
 func (p *cacheProvider) ReaderAt(ctx context.Context, desc ocispecs.Descriptor) (content.ReaderAt, error) {
 	r := &sessionReaderAt{p: p, ctx: ctx, desc: desc, tried: map[string]struct{}{}}
-	if desc.Digest.Validate() == nil && desc.Size > 0 {
-		r.digester = desc.Digest.Algorithm().Digester()
-	}
 	if err := r.open(); err != nil {
 		return nil, err
+	}
+	if p.lazy && p.verified != nil {
+		if _, ok := p.verified.Load(desc.Digest); !ok {
+			if err := r.verify(); err != nil {
+				r.Close()
+				return nil, err
+			}
+			p.verified.Store(desc.Digest, struct{}{})
+		}
 	}
 	return r, nil
 }

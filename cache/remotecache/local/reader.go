@@ -5,7 +5,6 @@ import (
 	"io"
 
 	"github.com/containerd/containerd/v2/core/content"
-	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
 )
@@ -14,10 +13,6 @@ import (
 // directory. If that session closes mid-read it reopens the blob through
 // another one, so a client going away between Info and ReadAt surfaces as
 // our error, not as gRPC's "the client connection is closing".
-//
-// It also checks the digest of sequential reads from offset 0: a file
-// corrupted in the directory fails with an error naming the directory,
-// instead of a commit error deep inside the daemon's content store.
 type sessionReaderAt struct {
 	p    *cacheProvider
 	ctx  context.Context
@@ -26,11 +21,6 @@ type sessionReaderAt struct {
 	ra    content.ReaderAt
 	id    string
 	tried map[string]struct{}
-
-	digester digest.Digester
-	// hashed is how far reads have been contiguous from offset 0; -1 once
-	// they were not, which turns verification off for this reader.
-	hashed int64
 }
 
 var _ content.ReaderAt = &sessionReaderAt{}
@@ -60,42 +50,34 @@ func (r *sessionReaderAt) ReadAt(b []byte, off int64) (int, error) {
 			}
 			continue
 		}
-		if verr := r.verify(b[:n], off, err); verr != nil {
-			return n, verr
-		}
 		return n, err
 	}
 }
 
-func (r *sessionReaderAt) verify(b []byte, off int64, readErr error) error {
-	if r.digester == nil || r.hashed < 0 {
-		return nil
+// verify reads the whole blob and checks its size and digest before any of
+// it is handed out. The daemon's fetch keeps a partial ingest per digest and
+// resumes it, or commits it as is once it has every byte: a corrupt byte
+// that reached it would fail every later fetch of that digest on this
+// daemon, even after the directory is repaired. So nothing is served until
+// the blob is known good.
+func (r *sessionReaderAt) verify() error {
+	if err := r.desc.Digest.Validate(); err != nil {
+		return errors.Wrapf(err, "local cache %s: invalid digest for blob %s", r.p.src, r.desc.Digest)
 	}
-	if off != r.hashed {
-		r.hashed = -1
-		return nil
+	if size := r.ra.Size(); size != r.desc.Size {
+		return errors.Errorf("local cache %s: blob %s has %d bytes, its descriptor says %d: the file is damaged; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, size, r.desc.Size)
 	}
-	r.digester.Hash().Write(b)
-	r.hashed += int64(len(b))
-	switch {
-	case r.hashed > r.desc.Size:
-		return errors.Errorf("local cache %s: blob %s is larger than the %d bytes its descriptor says; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, r.desc.Size)
-	case r.hashed == r.desc.Size:
-		if got := r.digester.Digest(); got != r.desc.Digest {
-			return errors.Errorf("local cache %s: blob %s is corrupt: its content has digest %s; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, got)
-		}
-	case errors.Is(readErr, io.EOF) && r.hashed < r.desc.Size:
-		return errors.Errorf("local cache %s: blob %s is truncated: %d of %d bytes; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, r.hashed, r.desc.Size)
+	dgstr := r.desc.Digest.Algorithm().Digester()
+	if _, err := io.Copy(dgstr.Hash(), io.NewSectionReader(r, 0, r.desc.Size)); err != nil {
+		return err
+	}
+	if got := dgstr.Digest(); got != r.desc.Digest {
+		return errors.Errorf("local cache %s: blob %s is corrupt: its content has digest %s; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, got)
 	}
 	return nil
 }
 
-// Size is the descriptor's size: a blob whose file is shorter then fails
-// as truncated when read.
 func (r *sessionReaderAt) Size() int64 {
-	if r.desc.Size > 0 {
-		return r.desc.Size
-	}
 	return r.ra.Size()
 }
 
