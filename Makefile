@@ -47,7 +47,12 @@ vet:
 test-unit:
 	go test -mod=mod -count=1 ./cache/... ./hack/...
 
-test: deps vet test-unit build
+# Integration tests start bin/buildkitd (first in PATH) with the runc worker
+# through upstream's util/testutil/integration, one daemon per test.
+test-integration: deps build
+	go test -mod=mod -count=1 -timeout 30m ./client/... ./frontend/...
+
+test: deps vet test-unit build test-integration
 
 clean:
 	rm -rf bin vendor dist

@@ -18,11 +18,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/lazylocal/buildkit/util/testutil/cachetest"
 	"github.com/lazylocal/buildkit/util/testutil/testimage"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/client/llb"
 	gw "github.com/moby/buildkit/frontend/gateway/client"
 	"github.com/moby/buildkit/identity"
+	"github.com/moby/buildkit/session"
+	sessioncontent "github.com/moby/buildkit/session/content"
 	"github.com/moby/buildkit/util/testutil"
 	"github.com/moby/buildkit/util/testutil/integration"
 	"github.com/moby/buildkit/util/testutil/workers"
@@ -41,7 +45,7 @@ func init() {
 // TestLazyLocalCacheIntegration runs the lazy local cache import against the
 // buildkitd in PATH (make test puts ours first).
 func TestLazyLocalCacheIntegration(t *testing.T) {
-	requireIntegrationDeps(t)
+	cachetest.RequireDeps(t)
 	integration.Run(t, integration.TestFuncs(
 		testLazyLocalCacheEagerStaysEager,
 		testLazyLocalCacheAllCachedStaysLazy,
@@ -77,8 +81,8 @@ const dataLayers = 3
 
 func newScenario(t *testing.T, sb integration.Sandbox) *scenario {
 	t.Helper()
-	c := newClient(t, sb)
-	ref := newRegistry(t, sb) + "/lazy-local-cache/base-" + identity.NewID() + ":latest"
+	c := cachetest.NewClient(t, sb)
+	ref := cachetest.NewRegistry(t, sb) + "/lazy-local-cache/base-" + identity.NewID() + ":latest"
 	layers := testimage.SmallLayers(dataLayers, 256<<10)
 	testimage.Push(sb.Context(), t, c, ref, layers...)
 	s := &scenario{
@@ -94,12 +98,12 @@ func newScenario(t *testing.T, sb integration.Sandbox) *scenario {
 // seed exports the cache of st to the scenario's directory and prunes.
 func (s *scenario) seed(t *testing.T, st llb.State, locals map[string]fsutil.FS) {
 	t.Helper()
-	exportCache(t, s.c, s.sb, marshal(t, s.sb, st), s.dir, client.SolveOpt{LocalMounts: locals})
-	s.desc, s.mfst = cacheManifest(t, s.dir)
-	pruneAll(t, s.c, s.sb)
+	cachetest.ExportCache(t, s.c, s.sb, marshal(t, s.sb, st), s.dir, client.SolveOpt{LocalMounts: locals})
+	s.desc, s.mfst = cachetest.Manifest(t, s.dir)
+	cachetest.PruneAll(t, s.c, s.sb)
 }
 
-func (s *scenario) imports(lazy bool, store *countingStore) importOpts {
+func (s *scenario) imports(lazy bool, store *cachetest.CountingStore) importOpts {
 	o := importOpts{dir: s.dir, digest: s.desc.Digest, lazy: lazy}
 	if store != nil {
 		o.store = store
@@ -129,12 +133,12 @@ func testLazyLocalCacheEagerStaysEager(t *testing.T, sb integration.Sandbox) {
 	s := newScenario(t, sb)
 	s.seed(t, s.built, nil)
 
-	store := newCountingStore(t, s.dir)
+	store := cachetest.NewCountingStore(t, s.dir)
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(false, store))
 	require.NoError(t, err)
-	require.Empty(t, p.uncached(), "every step comes from the imported cache")
-	require.Equal(t, len(s.mfst.Layers), p.extracted(), "eager import extracts each imported layer")
-	require.Len(t, store.layerReads(s.mfst), len(s.mfst.Layers))
+	require.Empty(t, p.Uncached(), "every step comes from the imported cache")
+	require.Equal(t, len(s.mfst.Layers), p.Extracted(), "eager import extracts each imported layer")
+	require.Len(t, store.LayerReads(s.mfst), len(s.mfst.Layers))
 }
 
 // Lazy stays lazy: a rebuild whose steps are all cached extracts nothing and
@@ -143,12 +147,12 @@ func testLazyLocalCacheAllCachedStaysLazy(t *testing.T, sb integration.Sandbox) 
 	s := newScenario(t, sb)
 	s.seed(t, s.built, nil)
 
-	store := newCountingStore(t, s.dir)
+	store := cachetest.NewCountingStore(t, s.dir)
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(true, store))
 	require.NoError(t, err)
-	require.Empty(t, p.uncached(), "every step comes from the imported cache")
-	require.Zero(t, p.extracted())
-	require.Empty(t, store.layerReads(s.mfst), "no layer blob is pulled into the daemon")
+	require.Empty(t, p.Uncached(), "every step comes from the imported cache")
+	require.Zero(t, p.Extracted())
+	require.Empty(t, store.LayerReads(s.mfst), "no layer blob is pulled into the daemon")
 }
 
 // The same when the changed step is COPY --link: the copy lands on scratch
@@ -168,14 +172,14 @@ func testLazyLocalCacheLinkStaysLazy(t *testing.T, sb integration.Sandbox) {
 
 	require.NoError(t, os.WriteFile(filepath.Join(src, "app.txt"), []byte("v2"), 0o644))
 	st, locals = linked()
-	store := newCountingStore(t, s.dir)
+	store := cachetest.NewCountingStore(t, s.dir)
 	o := s.imports(true, store)
 	o.locals = locals
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, st), o)
 	require.NoError(t, err)
-	require.NotEmpty(t, p.uncached(), "the changed copy runs")
-	require.Zero(t, p.extracted())
-	require.Empty(t, store.layerReads(s.mfst))
+	require.NotEmpty(t, p.Uncached(), "the changed copy runs")
+	require.Zero(t, p.Extracted())
+	require.Empty(t, store.LayerReads(s.mfst))
 }
 
 // Lazy is correct when mounted: an uncached RUN on top of lazily imported
@@ -188,12 +192,12 @@ func testLazyLocalCacheMountedCorrect(t *testing.T, sb integration.Sandbox) {
 	st := s.built.Run(llb.Args([]string{"/bin/sh", "-c", "sha256sum /data/* > /sums; cat /sum >> /sums"}), llb.IgnoreCache).Root()
 	out := t.TempDir()
 	ociTar := filepath.Join(t.TempDir(), "image.tar")
-	store := newCountingStore(t, s.dir)
+	store := cachetest.NewCountingStore(t, s.dir)
 	o := s.imports(true, store)
 	o.output, o.oci = out, ociTar
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, st), o)
 	require.NoError(t, err)
-	require.NotZero(t, p.extracted(), "the RUN mounts the imported layers")
+	require.NotZero(t, p.Extracted(), "the RUN mounts the imported layers")
 
 	var want strings.Builder
 	for i := 1; i <= dataLayers; i++ {
@@ -213,7 +217,7 @@ func testLazyLocalCacheMountedCorrect(t *testing.T, sb integration.Sandbox) {
 	layers := ociLayers(t, ociTar)
 	require.Len(t, layers, len(s.mfst.Layers)+1)
 	for _, l := range layers[:len(layers)-1] {
-		_, err := os.Stat(blobPath(s.dir, l.Digest))
+		_, err := os.Stat(cachetest.BlobPath(s.dir, l.Digest))
 		require.NoError(t, err, "exported layer %s is the imported blob", l.Digest)
 	}
 }
@@ -298,7 +302,7 @@ func runAThenB(t *testing.T, sb integration.Sandbox, bImports bool) (out string,
 	var releaseOnce sync.Once
 	t.Cleanup(func() { releaseOnce.Do(func() { close(releaseA) }) })
 	aDone := make(chan error, 1)
-	storeA := newCountingStore(t, s.dir)
+	storeA := cachetest.NewCountingStore(t, s.dir)
 	go func() {
 		o := s.imports(true, storeA)
 		o.locals = locals
@@ -333,12 +337,12 @@ func runAThenB(t *testing.T, sb integration.Sandbox, bImports bool) (out string,
 		require.NoError(t, err)
 		t.Fatal("build A ended before exposing its state")
 	}
-	require.Empty(t, storeA.layerReads(s.mfst), "build A loaded the record lazily")
+	require.Empty(t, storeA.LayerReads(s.mfst), "build A loaded the record lazily")
 
 	delay := newDelayServer(t)
 	out = t.TempDir()
 	bDone := make(chan error, 1)
-	storeB := newCountingStore(t, s.dir)
+	storeB := cachetest.NewCountingStore(t, s.dir)
 	go func() {
 		o := importOpts{output: out}
 		if bImports {
@@ -381,10 +385,10 @@ func runAThenB(t *testing.T, sb integration.Sandbox, bImports bool) (out string,
 		require.NoError(t, err)
 		require.Equal(t, payload, got)
 		if bImports {
-			require.NotEmpty(t, storeB.layerReads(s.mfst), "B read the layer through its own session")
+			require.NotEmpty(t, storeB.LayerReads(s.mfst), "B read the layer through its own session")
 		}
 	}
-	require.Empty(t, storeA.layerReads(s.mfst), "nothing was read through A's session")
+	require.Empty(t, storeA.LayerReads(s.mfst), "nothing was read through A's session")
 	return out, bErr
 }
 
@@ -413,20 +417,20 @@ func testLazyLocalCacheConcurrentSharedVertices(t *testing.T, sb integration.San
 	s.seed(t, s.built, nil)
 	for i := range 3 {
 		if i > 0 {
-			pruneAll(t, s.c, sb)
+			cachetest.PruneAll(t, s.c, sb)
 		}
 		delay := newDelayServer(t)
 		out := t.TempDir()
 		var eg errgroup.Group
 		eg.Go(func() error {
 			defer delay.Release()
-			_, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(true, newCountingStore(t, s.dir)))
+			_, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(true, cachetest.NewCountingStore(t, s.dir)))
 			return errors.Wrap(err, "importing build")
 		})
 		eg.Go(func() error {
 			st := llb.Merge([]llb.State{s.built, delay.State()}).
 				Run(llb.Args([]string{"/bin/sh", "-c", "cp /sum /out-sum"}), llb.IgnoreCache).Root()
-			o := s.imports(true, newCountingStore(t, s.dir))
+			o := s.imports(true, cachetest.NewCountingStore(t, s.dir))
 			o.output = out
 			_, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, st), o)
 			return errors.Wrap(err, "dependent build")
@@ -454,19 +458,19 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 			CacheExports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dest, "mode": "max"}}},
 		}, nil)
 		require.NoError(t, err, "export to %s", dest)
-		m := requireCompleteCache(t, dest)
+		m := cachetest.RequireComplete(t, dest)
 		for _, l := range s.mfst.Layers {
 			require.True(t, slices.ContainsFunc(m.Layers, func(d ocispecs.Descriptor) bool { return d.Digest == l.Digest }), "layer %s kept in %s", l.Digest, dest)
 		}
 
-		pruneAll(t, s.c, sb)
-		desc, _ := cacheManifest(t, dest)
-		store := newCountingStore(t, dest)
+		cachetest.PruneAll(t, s.c, sb)
+		desc, _ := cachetest.Manifest(t, dest)
+		store := cachetest.NewCountingStore(t, dest)
 		p, err := buildWithImport(sb.Context(), t, s.c, def, importOpts{dir: dest, digest: desc.Digest, lazy: true, store: store})
 		require.NoError(t, err)
-		require.Empty(t, p.uncached(), "fresh daemon importing %s is fully cached", dest)
-		require.Zero(t, p.extracted())
-		pruneAll(t, s.c, sb)
+		require.Empty(t, p.Uncached(), "fresh daemon importing %s is fully cached", dest)
+		require.Zero(t, p.Extracted())
+		cachetest.PruneAll(t, s.c, sb)
 	}
 }
 
@@ -476,15 +480,15 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 func testLazyLocalCacheInvalidAttr(t *testing.T, sb integration.Sandbox) {
 	s := newScenario(t, sb)
 	s.seed(t, s.built, nil)
-	ch, p := watchProgress()
+	ch, p := cachetest.WatchProgress()
 	_, err := s.c.Solve(sb.Context(), marshal(t, sb, s.built), client.SolveOpt{
 		CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "maybe"}}},
 	}, ch)
 	require.NoError(t, err)
-	errs := p.importErrors()
+	errs := p.ImportErrors()
 	require.Len(t, errs, 1)
 	require.Contains(t, errs[0], `failed to configure local cache importer: failed to parse lazy: strconv.ParseBool: parsing "maybe": invalid syntax`)
-	require.Contains(t, p.uncached(), "checksum data", "nothing was imported")
+	require.Contains(t, p.Uncached(), "checksum data", "nothing was imported")
 }
 
 // A layer blob deleted from the cache directory after export: lazy import
@@ -500,7 +504,7 @@ func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
 
 	var runLayer digest.Digest
 	for _, l := range s.mfst.Layers {
-		dt, err := os.ReadFile(blobPath(s.dir, l.Digest))
+		dt, err := os.ReadFile(cachetest.BlobPath(s.dir, l.Digest))
 		require.NoError(t, err)
 		m, err := testutil.ReadTarToMap(dt, true)
 		require.NoError(t, err)
@@ -510,7 +514,7 @@ func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
 		}
 	}
 	require.NotEmpty(t, runLayer)
-	require.NoError(t, os.Remove(blobPath(s.dir, runLayer)))
+	require.NoError(t, os.Remove(cachetest.BlobPath(s.dir, runLayer)))
 
 	dir2 := filepath.Join(t.TempDir(), "cache2")
 	_, err := s.c.Solve(sb.Context(), marshal(t, sb, final), client.SolveOpt{
@@ -518,24 +522,24 @@ func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
 		CacheExports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dir2, "mode": "max"}}},
 	}, nil)
 	require.NoError(t, err)
-	m := requireCompleteCache(t, dir2)
+	m := cachetest.RequireComplete(t, dir2)
 	require.False(t, slices.ContainsFunc(m.Layers, func(d ocispecs.Descriptor) bool { return d.Digest == runLayer }))
 
 	// A build that needs the missing layer runs its step again.
-	pruneAll(t, s.c, sb)
+	cachetest.PruneAll(t, s.c, sb)
 	out := t.TempDir()
-	ch, p := watchProgress()
+	ch, p := cachetest.WatchProgress()
 	_, err = s.c.Solve(sb.Context(), marshal(t, sb, base), client.SolveOpt{
 		CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
 		Exports:      []client.ExportEntry{{Type: client.ExporterLocal, OutputDir: out}},
 	}, ch)
 	require.NoError(t, err)
-	require.Contains(t, p.uncached(), "detection run")
+	require.Contains(t, p.Uncached(), "detection run")
 	got, err := os.ReadFile(filepath.Join(out, "detection-file"))
 	require.NoError(t, err)
 	require.Equal(t, "abc\n", string(got))
 	// Dropping the records left no ref in use behind.
-	pruneAll(t, s.c, sb)
+	cachetest.PruneAll(t, s.c, sb)
 }
 
 // A blob corrupted in place fails the build that needs it with an error
@@ -549,7 +553,7 @@ func testLazyLocalCacheCorruptBlob(t *testing.T, sb integration.Sandbox) {
 
 	// The last layer in the manifest is one of ours; flip its bytes in the
 	// middle of the compressed stream, keeping the size.
-	victim := blobPath(s.dir, s.mfst.Layers[len(s.mfst.Layers)-1].Digest)
+	victim := cachetest.BlobPath(s.dir, s.mfst.Layers[len(s.mfst.Layers)-1].Digest)
 	orig, err := os.ReadFile(victim)
 	require.NoError(t, err)
 	bad := slices.Clone(orig)
@@ -558,18 +562,74 @@ func testLazyLocalCacheCorruptBlob(t *testing.T, sb integration.Sandbox) {
 	}
 	require.NoError(t, os.WriteFile(victim, bad, 0o644))
 
-	_, err = buildWithImport(sb.Context(), t, s.c, def, s.imports(true, newCountingStore(t, s.dir)))
+	_, err = buildWithImport(sb.Context(), t, s.c, def, s.imports(true, cachetest.NewCountingStore(t, s.dir)))
 	require.Error(t, err)
 	require.ErrorContains(t, err, "local cache "+s.dir+": blob ")
 	require.ErrorContains(t, err, "is corrupt")
 
 	require.NoError(t, os.WriteFile(victim, orig, 0o644))
 	out := t.TempDir()
-	o := s.imports(true, newCountingStore(t, s.dir))
+	o := s.imports(true, cachetest.NewCountingStore(t, s.dir))
 	o.output = out
 	_, err = buildWithImport(sb.Context(), t, s.c, def, o)
 	require.NoError(t, err, "a good build after the failed one")
 	got, err := os.ReadFile(filepath.Join(out, "out-sum"))
 	require.NoError(t, err)
 	require.Equal(t, s.wantSum(), string(got))
+}
+
+// importOpts is one build importing a cache directory through a session
+// that serves it from store (nil: the session serves no directory).
+type importOpts struct {
+	dir    string
+	digest digest.Digest
+	lazy   bool
+	store  content.Store
+	locals map[string]fsutil.FS
+	// output, when set, exports the result to this directory.
+	output string
+	// oci, when set, exports the result as an OCI layout tarball.
+	oci string
+}
+
+func (o importOpts) cacheImports() []gw.CacheOptionsEntry {
+	attrs := map[string]string{"src": o.dir, "digest": o.digest.String()}
+	if o.lazy {
+		attrs["lazy"] = "true"
+	}
+	return []gw.CacheOptionsEntry{{Type: "local", Attrs: attrs}}
+}
+
+func (o importOpts) solveOpt(t *testing.T) client.SolveOpt {
+	opt := client.SolveOpt{LocalMounts: o.locals}
+	if o.store != nil {
+		opt.Session = []session.Attachable{sessioncontent.NewAttachable(map[string]content.Store{"local:" + o.dir: o.store})}
+	}
+	if o.output != "" {
+		opt.Exports = append(opt.Exports, client.ExportEntry{Type: client.ExporterLocal, OutputDir: o.output})
+	}
+	if o.oci != "" {
+		f, err := os.Create(o.oci)
+		require.NoError(t, err)
+		opt.Exports = append(opt.Exports, client.ExportEntry{
+			Type:   client.ExporterOCI,
+			Output: func(map[string]string) (io.WriteCloser, error) { return f, nil },
+		})
+	}
+	return opt
+}
+
+// buildWithImport solves def in a gateway build that imports the cache as o
+// says, and returns what the client saw of its progress.
+func buildWithImport(ctx context.Context, t *testing.T, c *client.Client, def *llb.Definition, o importOpts) (*cachetest.Progress, error) {
+	t.Helper()
+	ch, p := cachetest.WatchProgress()
+	_, err := c.Build(ctx, o.solveOpt(t), "lazy-local-cache-test", func(ctx context.Context, gc gw.Client) (*gw.Result, error) {
+		return gc.Solve(ctx, gw.SolveRequest{
+			Definition:   def.ToPB(),
+			CacheImports: o.cacheImports(),
+			Evaluate:     true,
+		})
+	}, ch)
+	return p, err
 }
