@@ -29,7 +29,6 @@ import (
 	sessioncontent "github.com/moby/buildkit/session/content"
 	"github.com/moby/buildkit/util/testutil"
 	"github.com/moby/buildkit/util/testutil/integration"
-	"github.com/moby/buildkit/util/testutil/workers"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
@@ -38,27 +37,19 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-func init() {
-	workers.InitOCIWorker()
-}
-
-// TestLazyLocalCacheIntegration runs the lazy local cache import against the
-// buildkitd in PATH (make test puts ours first).
-func TestLazyLocalCacheIntegration(t *testing.T) {
-	cachetest.RequireDeps(t)
-	integration.Run(t, integration.TestFuncs(
-		testLazyLocalCacheEagerStaysEager,
-		testLazyLocalCacheAllCachedStaysLazy,
-		testLazyLocalCacheLinkStaysLazy,
-		testLazyLocalCacheMountedCorrect,
-		testLazyLocalCacheSessionRebind,
-		testLazyLocalCacheSessionGone,
-		testLazyLocalCacheConcurrentSharedVertices,
-		testLazyLocalCacheRoundTrip,
-		testLazyLocalCacheInvalidAttr,
-		testLazyLocalCacheDeletedBlob,
-		testLazyLocalCacheCorruptBlob,
-	))
+// lazyLocalCacheTests lists the lazy local cache integration tests, one behaviour each.
+var lazyLocalCacheTests = []func(t *testing.T, sb integration.Sandbox){
+	testLazyLocalCacheEagerStaysEager,
+	testLazyLocalCacheAllCachedStaysLazy,
+	testLazyLocalCacheLinkStaysLazy,
+	testLazyLocalCacheMountedCorrect,
+	testLazyLocalCacheSessionRebind,
+	testLazyLocalCacheSessionGone,
+	testLazyLocalCacheConcurrentSharedVertices,
+	testLazyLocalCacheRoundTrip,
+	testLazyLocalCacheInvalidAttr,
+	testLazyLocalCacheDeletedBlob,
+	testLazyLocalCacheCorruptBlob,
 }
 
 // scenario is a small base image (busybox and generated layers) in the

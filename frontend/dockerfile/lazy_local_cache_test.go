@@ -18,25 +18,16 @@ import (
 	"github.com/moby/buildkit/identity"
 	"github.com/moby/buildkit/util/testutil"
 	"github.com/moby/buildkit/util/testutil/integration"
-	"github.com/moby/buildkit/util/testutil/workers"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
 	"github.com/stretchr/testify/require"
 	"github.com/tonistiigi/fsutil"
 )
 
-func init() {
-	workers.InitOCIWorker()
-}
-
-// TestLazyLocalCacheDockerfile runs the user's scenario through the
-// Dockerfile frontend against the buildkitd in PATH.
-func TestLazyLocalCacheDockerfile(t *testing.T) {
-	cachetest.RequireDeps(t)
-	integration.Run(t, integration.TestFuncs(
-		testLazyLocalCacheMultiStageRebuild,
-		testLazyLocalCacheLinkRebuild,
-	))
+// lazyLocalCacheDockerfileTests lists the lazy local cache integration tests, one behaviour each.
+var lazyLocalCacheDockerfileTests = []func(t *testing.T, sb integration.Sandbox){
+	testLazyLocalCacheMultiStageRebuild,
+	testLazyLocalCacheLinkRebuild,
 }
 
 // seedDockerfile is the report's Dockerfile: the changed COPY mounts its
