@@ -3,6 +3,7 @@ package local
 import (
 	"context"
 	"io"
+	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
@@ -18,6 +19,8 @@ type sessionReaderAt struct {
 	ctx  context.Context
 	desc ocispecs.Descriptor
 
+	// mu guards the session in use, which a failed read replaces.
+	mu    sync.Mutex
 	ra    content.ReaderAt
 	id    string
 	tried map[string]struct{}
@@ -25,6 +28,8 @@ type sessionReaderAt struct {
 
 var _ content.ReaderAt = &sessionReaderAt{}
 
+// open moves to the next session that serves the blob; r.mu is held, or r
+// not shared yet.
 func (r *sessionReaderAt) open() error {
 	return r.p.each(r.ctx, r.desc.Digest, r.tried, func(id string, cs content.Store) error {
 		r.tried[id] = struct{}{}
@@ -42,15 +47,24 @@ func (r *sessionReaderAt) open() error {
 
 func (r *sessionReaderAt) ReadAt(b []byte, off int64) (int, error) {
 	for {
-		n, err := r.ra.ReadAt(b, off)
-		if err != nil && !errors.Is(err, io.EOF) && r.ctx.Err() == nil {
-			// The session failed under us; retry the whole read elsewhere.
-			if oerr := r.open(); oerr != nil {
-				return 0, errors.Wrapf(oerr, "reading through session %s failed: %v", r.id, err)
-			}
-			continue
+		r.mu.Lock()
+		ra, id := r.ra, r.id
+		r.mu.Unlock()
+		n, err := ra.ReadAt(b, off)
+		if err == nil || errors.Is(err, io.EOF) || r.ctx.Err() != nil {
+			return n, err
 		}
-		return n, err
+		// The session failed under us; retry the whole read elsewhere,
+		// unless a concurrent read has moved on already.
+		r.mu.Lock()
+		var oerr error
+		if r.ra == ra {
+			oerr = r.open()
+		}
+		r.mu.Unlock()
+		if oerr != nil {
+			return 0, errors.Wrapf(oerr, "reading through session %s failed: %v", id, err)
+		}
 	}
 }
 
@@ -78,9 +92,13 @@ func (r *sessionReaderAt) verify() error {
 }
 
 func (r *sessionReaderAt) Size() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.ra.Size()
 }
 
 func (r *sessionReaderAt) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	return r.ra.Close()
 }
