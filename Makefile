@@ -23,7 +23,7 @@ LDFLAGS := -X $(UPSTREAM)/version.Version=$(VERSION) \
 # integration framework looks for (bin/registry).
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: build deps vendor test test-unit test-integration vet demo clean
+.PHONY: build deps vendor test test-unit test-integration test-patch upstream-patch vet demo clean
 
 build: vendor
 	@mkdir -p bin
@@ -52,7 +52,53 @@ test-unit:
 test-integration: deps build
 	go test -mod=mod -count=1 -timeout 30m ./client/... ./frontend/...
 
-test: deps vet test-unit build test-integration
+# The patch for upstream: dist/lazy-local-cache.patch, and a check that it
+# still applies and compiles against upstream at the pin.
+upstream-patch:
+	hack/upstream-patch dist/lazy-local-cache.patch
+
+test-patch: vendor
+	hack/test-upstream-patch
+
+test: deps vet test-unit build test-integration test-patch test-wrapper
 
 clean:
 	rm -rf bin vendor dist
+
+# demo and benchmark
+#
+#   make demo                                 eager vs lazy rebuilds, one table
+#   make bench                                docs/benchmarks.md and .png
+#   make bench BENCH_FLAGS='-size 350 -row cached,link'
+DEMO_FLAGS ?=
+BENCH_FLAGS ?=
+
+.PHONY: bench
+
+demo: deps build
+	go run -mod=mod ./cmd/demo $(DEMO_FLAGS)
+
+bench: deps build
+	go run -mod=mod ./cmd/bench $(BENCH_FLAGS)
+
+# daemonless wrapper
+#
+#   make install        bin/buildkitd, bin/buildctl and buildctl-daemonless.sh
+#                       into $(DESTDIR)$(PREFIX)/bin (PREFIX=/usr/local)
+#   make test-wrapper   the wrapper end to end: as root, and rootless as a user
+#                       the test creates (run as root)
+
+PREFIX ?= /usr/local
+WRAPPER := examples/buildctl-daemonless/buildctl-daemonless.sh
+
+.PHONY: install test-wrapper
+
+install:
+	@for f in bin/buildkitd bin/buildctl; do \
+		test -x "$$f" || { echo "$$f missing: run make build first" >&2; exit 1; }; \
+	done
+	install -d "$(DESTDIR)$(PREFIX)/bin"
+	install -m 0755 bin/buildkitd bin/buildctl $(WRAPPER) "$(DESTDIR)$(PREFIX)/bin/"
+
+test-wrapper:
+	go test -mod=mod -count=1 -v -timeout 20m ./examples/buildctl-daemonless/
