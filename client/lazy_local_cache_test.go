@@ -1,11 +1,8 @@
 package client_test
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -205,40 +202,12 @@ func testLazyLocalCacheMountedCorrect(t *testing.T, sb integration.Sandbox) {
 		require.Equal(t, dt, got, f)
 	}
 
-	layers := ociLayers(t, ociTar)
+	layers := cachetest.OCILayers(t, ociTar)
 	require.Len(t, layers, len(s.mfst.Layers)+1)
 	for _, l := range layers[:len(layers)-1] {
 		_, err := os.Stat(cachetest.BlobPath(s.dir, l.Digest))
 		require.NoError(t, err, "exported layer %s is the imported blob", l.Digest)
 	}
-}
-
-// ociLayers reads the layers of the single image in an OCI layout tarball.
-func ociLayers(t *testing.T, path string) []ocispecs.Descriptor {
-	t.Helper()
-	dt, err := os.ReadFile(path)
-	require.NoError(t, err)
-	files := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(dt))
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		b, err := io.ReadAll(tr)
-		require.NoError(t, err)
-		files[h.Name] = b
-	}
-	var idx ocispecs.Index
-	require.NoError(t, json.Unmarshal(files["index.json"], &idx))
-	require.Len(t, idx.Manifests, 1)
-	var m ocispecs.Manifest
-	require.NoError(t, json.Unmarshal(files["blobs/sha256/"+idx.Manifests[0].Digest.Encoded()], &m))
-	for _, l := range m.Layers {
-		require.Contains(t, files, "blobs/sha256/"+l.Digest.Encoded())
-	}
-	return m.Layers
 }
 
 // delayServer holds HTTP requests to /delay until released, so a build can

@@ -1,10 +1,7 @@
 package dockerfile_test
 
 import (
-	"archive/tar"
-	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -16,10 +13,7 @@ import (
 	"github.com/lazylocal/buildkit/util/testutil/testimage"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/identity"
-	"github.com/moby/buildkit/util/testutil"
 	"github.com/moby/buildkit/util/testutil/integration"
-	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/pkg/errors"
 	"github.com/stretchr/testify/require"
 	"github.com/tonistiigi/fsutil"
 )
@@ -126,14 +120,14 @@ func testLazyLocalCacheLinkRebuild(t *testing.T, sb integration.Sandbox) {
 	require.False(t, p.Cached(t, "COPY --link app.txt /src/"))
 	require.Zero(t, p.Extracted(), "nothing mounts the imported layers")
 
-	seed, rebuilt := imageLayers(t, seedTar), imageLayers(t, ociTar)
+	seed, rebuilt := cachetest.OCILayers(t, seedTar), cachetest.OCILayers(t, ociTar)
 	require.Len(t, rebuilt, len(seed))
 	for i := range len(seed) - 1 {
 		require.Equal(t, seed[i].Digest, rebuilt[i].Digest, "layer %d", i)
 	}
-	last := layerFiles(t, ociTar, rebuilt[len(rebuilt)-1])
+	last := cachetest.LayerFiles(t, ociTar, rebuilt[len(rebuilt)-1])
 	require.Equal(t, "v2\n", string(last["src/app.txt"]))
-	deps := layerFiles(t, ociTar, rebuilt[len(rebuilt)-2])
+	deps := cachetest.LayerFiles(t, ociTar, rebuilt[len(rebuilt)-2])
 	require.Equal(t, s.depsSums(), string(deps["deps.txt"]))
 }
 
@@ -168,63 +162,11 @@ func testLazyLocalCacheMultiStageRebuild(t *testing.T, sb integration.Sandbox) {
 
 	// Same base layers and the same number of layers as the cold build's
 	// image; only the layers after the change differ.
-	seed, rebuilt := imageLayers(t, seedTar), imageLayers(t, ociTar)
+	seed, rebuilt := cachetest.OCILayers(t, seedTar), cachetest.OCILayers(t, ociTar)
 	require.Len(t, rebuilt, len(seed))
 	baseLayers := len(seed) - 4 // COPY --from, WORKDIR, COPY, RUN
 	for i := range baseLayers {
 		require.Equal(t, seed[i].Digest, rebuilt[i].Digest, "base layer %d", i)
 	}
 	require.NotEqual(t, seed[len(seed)-1].Digest, rebuilt[len(rebuilt)-1].Digest)
-}
-
-// imageLayers reads the layers of the single image in an OCI layout tarball.
-func imageLayers(t *testing.T, path string) []ocispecs.Descriptor {
-	t.Helper()
-	dt, err := os.ReadFile(path)
-	require.NoError(t, err)
-	blobs := map[string][]byte{}
-	tr := tar.NewReader(bytes.NewReader(dt))
-	for {
-		h, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		require.NoError(t, err)
-		b, err := io.ReadAll(tr)
-		require.NoError(t, err)
-		blobs[h.Name] = b
-	}
-	var idx ocispecs.Index
-	require.NoError(t, json.Unmarshal(blobs["index.json"], &idx))
-	require.Len(t, idx.Manifests, 1)
-	var m ocispecs.Manifest
-	require.NoError(t, json.Unmarshal(blobs["blobs/sha256/"+idx.Manifests[0].Digest.Encoded()], &m))
-	for _, l := range m.Layers {
-		require.Contains(t, blobs, "blobs/sha256/"+l.Digest.Encoded(), "layer %s in the tarball", l.Digest)
-	}
-	return m.Layers
-}
-
-// layerFiles reads the files of one layer of an OCI layout tarball.
-func layerFiles(t *testing.T, path string, layer ocispecs.Descriptor) map[string][]byte {
-	t.Helper()
-	dt, err := os.ReadFile(path)
-	require.NoError(t, err)
-	tr := tar.NewReader(bytes.NewReader(dt))
-	for {
-		h, err := tr.Next()
-		require.NoError(t, err, "layer %s in the tarball", layer.Digest)
-		if h.Name != "blobs/sha256/"+layer.Digest.Encoded() {
-			continue
-		}
-		b, err := io.ReadAll(tr)
-		require.NoError(t, err)
-		m, err := testutil.ReadTarToMap(b, true)
-		require.NoError(t, err)
-		out := map[string][]byte{}
-		for name, item := range m {
-			out[name] = item.Data
-		}
-		return out
-	}
 }

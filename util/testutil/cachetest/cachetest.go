@@ -6,8 +6,12 @@
 package cachetest
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +24,7 @@ import (
 	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
 	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/client/llb"
+	"github.com/moby/buildkit/util/testutil"
 	"github.com/moby/buildkit/util/testutil/integration"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
@@ -244,4 +249,53 @@ func (p *Progress) Cached(t *testing.T, name string) bool {
 	}
 	t.Fatalf("no step named %q", name)
 	return false
+}
+
+// ociBlobs reads the files of an OCI layout tarball by name.
+func ociBlobs(t *testing.T, path string) map[string][]byte {
+	t.Helper()
+	dt, err := os.ReadFile(path)
+	require.NoError(t, err)
+	files := map[string][]byte{}
+	tr := tar.NewReader(bytes.NewReader(dt))
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return files
+		}
+		require.NoError(t, err)
+		b, err := io.ReadAll(tr)
+		require.NoError(t, err)
+		files[h.Name] = b
+	}
+}
+
+// OCILayers returns the layers of the single image in an OCI layout
+// tarball, checking that the tarball holds each of them.
+func OCILayers(t *testing.T, path string) []ocispecs.Descriptor {
+	t.Helper()
+	files := ociBlobs(t, path)
+	var idx ocispecs.Index
+	require.NoError(t, json.Unmarshal(files["index.json"], &idx))
+	require.Len(t, idx.Manifests, 1)
+	var m ocispecs.Manifest
+	require.NoError(t, json.Unmarshal(files["blobs/sha256/"+idx.Manifests[0].Digest.Encoded()], &m))
+	for _, l := range m.Layers {
+		require.Contains(t, files, "blobs/sha256/"+l.Digest.Encoded(), "layer %s in the tarball", l.Digest)
+	}
+	return m.Layers
+}
+
+// LayerFiles returns the files of one layer of an OCI layout tarball.
+func LayerFiles(t *testing.T, path string, layer ocispecs.Descriptor) map[string][]byte {
+	t.Helper()
+	blob, ok := ociBlobs(t, path)["blobs/sha256/"+layer.Digest.Encoded()]
+	require.True(t, ok, "layer %s in the tarball", layer.Digest)
+	m, err := testutil.ReadTarToMap(blob, true)
+	require.NoError(t, err)
+	out := map[string][]byte{}
+	for name, item := range m {
+		out[name] = item.Data
+	}
+	return out
 }
