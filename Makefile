@@ -60,7 +60,7 @@ upstream-patch:
 test-patch: vendor
 	hack/test-upstream-patch
 
-test: deps vet test-unit build test-integration test-patch test-wrapper
+test: deps vet test-unit build test-integration test-patch test-wrapper test-buildx
 
 clean:
 	rm -rf bin vendor dist
@@ -102,3 +102,24 @@ install:
 
 test-wrapper:
 	go test -mod=mod -count=1 -v -timeout 20m ./examples/buildctl-daemonless/
+
+# buildx passthrough
+#
+#   make bin/buildx    the real buildx at the version hack/buildx/go.mod pins
+#   make test-buildx   buildx build and bake with lazy local cache import,
+#                      against fresh bin/buildkitd daemons (run as root)
+#
+# hack/buildx is a module of its own: buildx is a test tool there, never part
+# of the root module, its ./... or the binaries we ship.
+BUILDX_VERSION = $(shell cd hack/buildx && go list -m -f '{{.Version}}' github.com/docker/buildx)
+
+.PHONY: test-buildx
+
+bin/buildx: hack/buildx/go.mod hack/buildx/go.sum
+	@mkdir -p bin
+	cd hack/buildx && go build -ldflags "-X github.com/docker/buildx/version.Version=$(BUILDX_VERSION)" \
+		-o ../../bin/buildx github.com/docker/buildx/cmd/buildx
+	@bin/buildx version
+
+test-buildx: deps build bin/buildx
+	cd hack/buildx && go vet ./... && go test -count=1 -v -timeout 10m ./...

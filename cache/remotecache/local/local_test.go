@@ -265,7 +265,7 @@ func TestLazyReadNoSessionServesStore(t *testing.T) {
 	require.Error(t, err)
 	require.ErrorContains(t, err, "local cache "+c.dir+": no active session of this build serves the cache directory")
 	require.ErrorContains(t, err, c.layers[0].Digest.String())
-	require.ErrorContains(t, err, "--import-cache type=local,src="+c.dir)
+	require.ErrorContains(t, err, "buildctl --import-cache or buildx --cache-from type=local,src="+c.dir)
 	require.ErrorContains(t, err, "lazy=true")
 	require.NotContains(t, err.Error(), "client connection is closing")
 }

@@ -159,11 +159,11 @@ func (p *cacheProvider) each(ctx context.Context, dgst digest.Digest, skip map[s
 			p.src, dgst, strings.Join(lacking, ", "))
 	case len(failed) > 0:
 		return errors.Wrapf(cerrdefs.ErrUnavailable,
-			"local cache %s: could not read blob %s through session %s (%v): import the same directory in this build (--import-cache type=local,src=%s), or import it without lazy=true",
+			"local cache %s: could not read blob %s through session %s (%v): import the same directory in this build (buildctl --import-cache or buildx --cache-from type=local,src=%s), or import it without lazy=true",
 			p.src, dgst, strings.Join(failed, ", "), lastErr, p.src)
 	default:
 		return errors.Wrapf(cerrdefs.ErrUnavailable,
-			"local cache %s: no active session of this build serves the cache directory, needed to read blob %s: import the same directory in this build (--import-cache type=local,src=%s), or import it without lazy=true",
+			"local cache %s: no active session of this build serves the cache directory, needed to read blob %s: import the same directory in this build (buildctl --import-cache or buildx --cache-from type=local,src=%s), or import it without lazy=true",
 			p.src, dgst, p.src)
 	}
 }
