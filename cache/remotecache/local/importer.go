@@ -35,6 +35,10 @@ func newImporter(p *cacheProvider, missing map[digest.Digest]struct{}) remotecac
 }
 
 func (ci *importer) Resolve(ctx context.Context, desc ocispecs.Descriptor, id string, w worker.Worker) (solver.CacheManager, error) {
+	// Lazy reads happen after this, into this worker's content store.
+	if cs := w.ContentStore(); cs != nil {
+		ci.p.ingests = cs
+	}
 	if len(ci.missing) == 0 {
 		return ci.Importer.Resolve(ctx, desc, id, w)
 	}

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -138,7 +137,6 @@ func resolveImport(ctx context.Context, sm *session.Manager, g session.Group, at
 		src:      src,
 		importer: session.NewGroup(sessionID),
 		lazy:     lazy,
-		verified: &sync.Map{},
 	}
 	var missing map[digest.Digest]struct{}
 	if lazy {

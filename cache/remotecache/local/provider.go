@@ -3,12 +3,12 @@ package local
 import (
 	"context"
 	"strings"
-	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/buildkit/session"
 	sessioncontent "github.com/moby/buildkit/session/content"
+	"github.com/moby/buildkit/util/bklog"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
@@ -33,9 +33,17 @@ type cacheProvider struct {
 	// ProviderForSession.
 	bound session.Group
 	lazy  bool
-	// verified records the blobs whose digest a lazy read has checked;
-	// shared by the copies ProviderForSession makes.
-	verified *sync.Map
+	// ingests is the daemon's content store, known once the importer
+	// resolves against a worker; a lazy read that fails verification aborts
+	// its ingest there.
+	ingests ingestManager
+}
+
+// ingestManager is the part of the daemon's content store that cleans up
+// after a failed fetch.
+type ingestManager interface {
+	ListStatuses(ctx context.Context, filters ...string) ([]content.Status, error)
+	Abort(ctx context.Context, ref string) error
 }
 
 var (
@@ -81,24 +89,41 @@ func (p *cacheProvider) Info(ctx context.Context, dgst digest.Digest) (content.I
 
 // ReaderAt opens the blob through the first live session that serves the
 // directory and holds it. The returned reader moves to another session if
-// this one closes while reading. A lazy import checks each blob's digest
-// once before serving it (see sessionReaderAt.verify); eager import leaves
-// that to the daemon's content store, as upstream does.
+// this one closes while reading. For a lazy import it checks the digest as
+// it streams (sessionReaderAt.verify); eager import leaves that to the
+// daemon's content store, as upstream does.
 func (p *cacheProvider) ReaderAt(ctx context.Context, desc ocispecs.Descriptor) (content.ReaderAt, error) {
 	r := &sessionReaderAt{p: p, ctx: ctx, desc: desc, tried: map[string]struct{}{}}
+	if p.lazy && desc.Size > 0 && desc.Digest.Validate() == nil {
+		r.digester = desc.Digest.Algorithm().Digester()
+	}
 	if err := r.open(); err != nil {
 		return nil, err
 	}
-	if p.lazy && p.verified != nil {
-		if _, ok := p.verified.Load(desc.Digest); !ok {
-			if err := r.verify(); err != nil {
-				r.Close()
-				return nil, err
+	return r, nil
+}
+
+// abortIngests aborts the daemon's ingests of dgst, so that a fetch that
+// failed verification leaves nothing behind to resume.
+func (p *cacheProvider) abortIngests(ctx context.Context, dgst digest.Digest) {
+	if p.ingests == nil {
+		return
+	}
+	statuses, err := p.ingests.ListStatuses(ctx)
+	if err != nil {
+		bklog.G(ctx).WithError(err).Warnf("local cache %s: listing ingests of corrupt blob %s", p.src, dgst)
+		return
+	}
+	for _, st := range statuses {
+		// The daemon's metadata store records the expected digest; a
+		// plain store does not, but fetch refs end with the digest
+		// (remotes.MakeRefKey).
+		if st.Expected == dgst || strings.HasSuffix(st.Ref, dgst.String()) {
+			if err := p.ingests.Abort(ctx, st.Ref); err != nil && !cerrdefs.IsNotFound(err) {
+				bklog.G(ctx).WithError(err).Warnf("local cache %s: aborting ingest %s of corrupt blob %s", p.src, st.Ref, dgst)
 			}
-			p.verified.Store(desc.Digest, struct{}{})
 		}
 	}
-	return r, nil
 }
 
 // sessionIDs lists the sessions to try, those of the bound group first.

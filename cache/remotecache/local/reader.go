@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
+	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
 )
@@ -14,6 +15,9 @@ import (
 // directory. If that session closes mid-read it reopens the blob through
 // another one, so a client going away between Info and ReadAt surfaces as
 // our error, not as gRPC's "the client connection is closing".
+//
+// For a lazy import it also checks the blob's digest as it streams, and
+// withholds the last bytes of a blob that does not match (see verify).
 type sessionReaderAt struct {
 	p    *cacheProvider
 	ctx  context.Context
@@ -24,6 +28,12 @@ type sessionReaderAt struct {
 	ra    content.ReaderAt
 	id    string
 	tried map[string]struct{}
+
+	// vmu serializes verified reads; digester hashes what was read
+	// contiguously from offset 0 up to next. nil: not verifying.
+	vmu      sync.Mutex
+	digester digest.Digester
+	next     int64
 }
 
 var _ content.ReaderAt = &sessionReaderAt{}
@@ -46,6 +56,62 @@ func (r *sessionReaderAt) open() error {
 }
 
 func (r *sessionReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	if r.digester == nil {
+		return r.readAt(b, off)
+	}
+	r.vmu.Lock()
+	defer r.vmu.Unlock()
+	if off != r.next {
+		if r.next != 0 || off > r.desc.Size {
+			// Random access: leave the digest to the content store.
+			r.digester = nil
+			return r.readAt(b, off)
+		}
+		// A resumed fetch: the daemon holds the first off bytes from an
+		// earlier attempt. Hash them from the source so the check still
+		// covers the whole blob.
+		if _, err := io.Copy(r.digester.Hash(), io.NewSectionReader(readerAtFunc(r.readAt), 0, off)); err != nil {
+			return 0, err
+		}
+		r.next = off
+	}
+	n, err := r.readAt(b, off)
+	if verr := r.verify(b[:n], err); verr != nil {
+		return 0, verr
+	}
+	return n, err
+}
+
+// verify hashes the next contiguous read b. Before the last bytes of the
+// blob go out it compares the digest: a mismatch is returned instead of
+// those bytes, and the daemon's partial ingest of the blob is aborted. The
+// daemon's fetch resumes an ingest left by a failed attempt, or commits it
+// once it holds every byte: corrupt bytes left there would fail every later
+// fetch of that digest, even after the directory is repaired.
+func (r *sessionReaderAt) verify(b []byte, readErr error) error {
+	r.digester.Hash().Write(b)
+	r.next += int64(len(b))
+	var err error
+	switch {
+	case r.next > r.desc.Size:
+		err = errors.Errorf("local cache %s: blob %s is larger than the %d bytes its descriptor says; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, r.desc.Size)
+	case r.next == r.desc.Size:
+		if got := r.digester.Digest(); got != r.desc.Digest {
+			err = errors.Errorf("local cache %s: blob %s is corrupt: its content has digest %s; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, got)
+		}
+	case errors.Is(readErr, io.EOF):
+		err = errors.Errorf("local cache %s: blob %s is truncated: %d of %d bytes; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, r.next, r.desc.Size)
+	}
+	if err != nil {
+		r.digester = nil
+		r.p.abortIngests(context.WithoutCancel(r.ctx), r.desc.Digest)
+	}
+	return err
+}
+
+// readAt reads through the current session, moving to the next one when it
+// fails.
+func (r *sessionReaderAt) readAt(b []byte, off int64) (int, error) {
 	for {
 		r.mu.Lock()
 		ra, id := r.ra, r.id
@@ -68,30 +134,12 @@ func (r *sessionReaderAt) ReadAt(b []byte, off int64) (int, error) {
 	}
 }
 
-// verify reads the whole blob and checks its size and digest before any of
-// it is handed out. The daemon's fetch keeps a partial ingest per digest and
-// resumes it, or commits it as is once it has every byte: a corrupt byte
-// that reached it would fail every later fetch of that digest on this
-// daemon, even after the directory is repaired. So nothing is served until
-// the blob is known good.
-func (r *sessionReaderAt) verify() error {
-	if err := r.desc.Digest.Validate(); err != nil {
-		return errors.Wrapf(err, "local cache %s: invalid digest for blob %s", r.p.src, r.desc.Digest)
-	}
-	if size := r.ra.Size(); size != r.desc.Size {
-		return errors.Errorf("local cache %s: blob %s has %d bytes, its descriptor says %d: the file is damaged; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, size, r.desc.Size)
-	}
-	dgstr := r.desc.Digest.Algorithm().Digester()
-	if _, err := io.Copy(dgstr.Hash(), io.NewSectionReader(r, 0, r.desc.Size)); err != nil {
-		return err
-	}
-	if got := dgstr.Digest(); got != r.desc.Digest {
-		return errors.Errorf("local cache %s: blob %s is corrupt: its content has digest %s; delete the cache directory or export the cache again", r.p.src, r.desc.Digest, got)
-	}
-	return nil
-}
-
+// Size is the descriptor's size when known: a file shorter than that then
+// reads as truncated instead of passing for a shorter blob.
 func (r *sessionReaderAt) Size() int64 {
+	if r.desc.Size > 0 {
+		return r.desc.Size
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.ra.Size()
@@ -102,3 +150,7 @@ func (r *sessionReaderAt) Close() error {
 	defer r.mu.Unlock()
 	return r.ra.Close()
 }
+
+type readerAtFunc func([]byte, int64) (int, error)
+
+func (f readerAtFunc) ReadAt(b []byte, off int64) (int, error) { return f(b, off) }
