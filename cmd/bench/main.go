@@ -1,0 +1,308 @@
+// Command bench measures build 2 of the daemonless rebuild scenarios of
+// make demo as a matrix (scenario x way of importing the cache x base image
+// size) and writes docs/benchmarks.md and a PNG chart from the same run.
+//
+//	go run ./cmd/bench                      # everything: 50, 350, 1200 MB
+//	go run ./cmd/bench -size 350 -row cached,link
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lazylocal/buildkit/util/scenario"
+	"github.com/pkg/errors"
+)
+
+// column is one way of running build 2.
+type column struct {
+	Name  string
+	Title string
+}
+
+var columns = []column{
+	{Name: "eager", Title: "eager local import"},
+	{Name: "lazy", Title: "lazy local import"},
+	{Name: "registry", Title: "registry cache import"},
+	{Name: "warm", Title: "warm daemon (floor)"},
+}
+
+// cell holds the runs of one (size, row, column).
+type cell struct {
+	Runs []scenario.Result
+	Errs []string
+}
+
+type sizeResult struct {
+	TargetMB int
+	Base     scenario.BaseImage
+	Cells    map[string]map[string]*cell // row -> column
+}
+
+func (r *sizeResult) cell(row, col string) *cell {
+	if r.Cells[row] == nil {
+		r.Cells[row] = map[string]*cell{}
+	}
+	if r.Cells[row][col] == nil {
+		r.Cells[row][col] = &cell{}
+	}
+	return r.Cells[row][col]
+}
+
+type options struct {
+	Sizes   []int
+	Rows    []scenario.Case
+	Runs    int
+	MD, PNG string
+	WorkDir string
+	Repo    string
+	Args    []string
+}
+
+func main() {
+	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
+	rows := flag.String("row", "report,link,cached,oci", "scenarios to run, comma separated (report, link, cached, oci)")
+	runs := flag.Int("runs", 3, "runs of build 2 per cell")
+	md := flag.String("md", "docs/benchmarks.md", "Markdown report to write")
+	png := flag.String("png", "docs/benchmarks.png", "PNG chart to write")
+	workDir := flag.String("workdir", os.TempDir(), "parent of the benchmark's temporary directory")
+	repo := flag.String("repo", ".", "repository root (holds bin/ and examples/)")
+	flag.Parse()
+
+	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:]}
+	var err error
+	if opts.Sizes, err = parseSizes(*sizes); err == nil {
+		opts.Rows, err = parseRows(*rows)
+	}
+	if err == nil && opts.Runs < 1 {
+		err = errors.Errorf("-runs %d: want at least 1", opts.Runs)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := scenario.SignalContext(context.Background())
+	defer stop()
+	if err := run(ctx, opts); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, errors.Errorf("-size %q: want positive whole MB, comma separated", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseRows(s string) ([]scenario.Case, error) {
+	var out []scenario.Case
+	for f := range strings.SplitSeq(s, ",") {
+		c, err := scenario.CaseByName(strings.TrimSpace(f))
+		if err != nil {
+			return nil, errors.Wrap(err, "-row")
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func run(ctx context.Context, opts options) error {
+	tools, err := scenario.FindTools(opts.Repo)
+	if err != nil {
+		return err
+	}
+	for _, p := range []string{opts.MD, opts.PNG} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return errors.WithStack(err)
+		}
+	}
+	s, err := scenario.NewSession(ctx, tools, opts.WorkDir, "lazylocal-bench")
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	rep := &report{Opts: opts, Started: time.Now(), Machine: scenario.DescribeMachine(tools), Mode: s.Daemonless.Mode()}
+	rep.LoadStart = rep.Machine.LoadAvg
+	s.Logf("machine: %d cores, kernel %s, %s", rep.Machine.Cores, rep.Machine.Kernel, rep.Machine.Buildkitd)
+	for _, size := range opts.Sizes {
+		res, err := benchSize(ctx, s, opts, size, rep)
+		if res != nil {
+			rep.Sizes = append(rep.Sizes, res)
+		}
+		if err != nil {
+			return errors.Wrapf(err, "size %d MB", size)
+		}
+		// written after every size, so a long run that is stopped
+		// leaves what it measured so far (the report says which sizes)
+		rep.Wall = time.Since(rep.Started)
+		rep.LoadEnd = scenario.LoadAvg()
+		if err := rep.write(); err != nil {
+			return err
+		}
+		s.Logf("wrote %s and %s (%d of %d sizes)", opts.MD, opts.PNG, len(rep.Sizes), len(opts.Sizes))
+	}
+	fmt.Println()
+	fmt.Print(rep.summary())
+	return nil
+}
+
+// benchSize runs every selected row and column on one base image size.
+func benchSize(ctx context.Context, s *scenario.Session, opts options, sizeMB int, rep *report) (*sizeResult, error) {
+	base, err := scenario.MakeBase(ctx, s.Tools, s.Registry, s.Config, s.Dir, fmt.Sprintf("base-%dmb", sizeMB), int64(sizeMB)*scenario.MB, s.Logf)
+	if err != nil {
+		return nil, err
+	}
+	res := &sizeResult{TargetMB: sizeMB, Base: base, Cells: map[string]map[string]*cell{}}
+	dir, err := s.Mkdir(fmt.Sprintf("size-%d", sizeMB))
+	if err != nil {
+		return res, err
+	}
+	defer scenario.RemoveAll(dir)
+
+	// One warm daemon per size makes build 1 of each Dockerfile: its
+	// local and registry cache exports are what every cold build 2
+	// imports, and it stays up as the floor column.
+	warmRun := filepath.Join(dir, "warm-run")
+	if err := os.MkdirAll(warmRun, 0o755); err != nil {
+		return res, errors.WithStack(err)
+	}
+	warm, err := scenario.StartDaemon(ctx, s.Tools, filepath.Join(dir, "warm-root"), s.Config, warmRun)
+	if err != nil {
+		return res, err
+	}
+	defer warm.Stop()
+	if rep.Machine.Snapshotter == "" {
+		if rep.Machine.Snapshotter, err = warm.Snapshotter(ctx); err != nil {
+			return res, err
+		}
+	}
+
+	type group struct {
+		proj     *scenario.Project
+		pristine string
+		b1       string
+	}
+	groups := map[bool]*group{}
+	for _, row := range opts.Rows {
+		if groups[row.Link] != nil {
+			continue
+		}
+		name := "copy"
+		if row.Link {
+			name = "link"
+		}
+		proj, err := scenario.WriteProject(filepath.Join(dir, "context-"+name), base.Ref, row.Link)
+		if err != nil {
+			return res, err
+		}
+		g := &group{proj: proj, pristine: filepath.Join(dir, "cache-"+name), b1: fmt.Sprintf("%s/cache-%dmb-%s:b1", s.Registry.Addr, sizeMB, name)}
+		groups[row.Link] = g
+		logPath := filepath.Join(dir, "build1-"+name+".log")
+		s.Logf("%d MB, %s Dockerfile: build 1 on the warm daemon, exporting the local cache and the registry cache", sizeMB, name)
+		for _, c := range []scenario.Cache{
+			{Export: scenario.LocalCache(g.pristine, false).Export},
+			{Export: "type=registry,ref=" + g.b1 + ",mode=max"},
+		} {
+			if err := buildctlLogged(ctx, warm, logPath, proj.Args(c, "")); err != nil {
+				return res, err
+			}
+		}
+	}
+
+	for k := 1; k <= opts.Runs; k++ {
+		for _, row := range opts.Rows {
+			g := groups[row.Link]
+			rev := 0
+			if row.Change {
+				rev = k
+			}
+			if err := g.proj.SetRevision(rev); err != nil {
+				return res, err
+			}
+			// rotate the order of columns from run to run, so that a slow
+			// spell of the shared machine does not always hit the same one
+			for i := range columns {
+				col := columns[(i+k-1)%len(columns)]
+				r, err := runCell(ctx, s, warm, dir, g.proj, g.pristine, g.b1, row, col, sizeMB, k)
+				c := res.cell(row.Name, col.Name)
+				if err != nil {
+					if ctx.Err() != nil {
+						return res, ctx.Err()
+					}
+					c.Errs = append(c.Errs, err.Error())
+					s.Logf("%d MB run %d/%d %s/%s: FAILED: %v", sizeMB, k, opts.Runs, row.Name, col.Name, err)
+					continue
+				}
+				c.Runs = append(c.Runs, r)
+				s.Logf("%d MB run %d/%d %-6s %-8s build %6.2fs (total %6.2fs), %2d extracting lines, %5.0f MB under --root, %4.0f MB peak RSS",
+					sizeMB, k, opts.Runs, row.Name, col.Name, r.Build.Seconds(), r.Total.Seconds(), r.Extract.Lines,
+					float64(r.RootBytes)/scenario.MB, float64(r.PeakRSS)/scenario.MB)
+			}
+		}
+	}
+	return res, nil
+}
+
+// runCell runs build 2 of row once, the way column says.
+func runCell(ctx context.Context, s *scenario.Session, warm *scenario.Daemon, dir string, proj *scenario.Project, pristine, b1 string, row scenario.Case, col column, sizeMB, k int) (scenario.Result, error) {
+	runDir := filepath.Join(dir, "run")
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return scenario.Result{}, errors.WithStack(err)
+	}
+	defer scenario.RemoveAll(runDir)
+	output := ""
+	if row.OCI {
+		output = "type=oci,dest=" + filepath.Join(runDir, "image.tar")
+	}
+	logPath := filepath.Join(dir, fmt.Sprintf("%s-%s-%d.log", row.Name, col.Name, k))
+	cacheDir := filepath.Join(runDir, "cache")
+	root := filepath.Join(runDir, "root")
+	switch col.Name {
+	case "eager", "lazy":
+		// every run starts from build 1's export, as a CI job restoring
+		// its cache directory would
+		if err := scenario.CloneCache(pristine, cacheDir); err != nil {
+			return scenario.Result{}, err
+		}
+		return s.Daemonless.Build(ctx, root, proj.Args(scenario.LocalCache(cacheDir, col.Name == "lazy"), output), logPath)
+	case "registry":
+		export := strings.TrimSuffix(b1, ":b1") + fmt.Sprintf(":%s-%d", row.Name, k)
+		return s.Daemonless.Build(ctx, root, proj.Args(scenario.RegistryCache(b1, export), output), logPath)
+	case "warm":
+		if err := scenario.CloneCache(pristine, cacheDir); err != nil {
+			return scenario.Result{}, err
+		}
+		return warm.MeasureBuild(ctx, proj.Args(scenario.LocalCache(cacheDir, true), output), logPath)
+	}
+	return scenario.Result{}, errors.Errorf("unknown column %q", col.Name)
+}
+
+func buildctlLogged(ctx context.Context, d *scenario.Daemon, logPath string, args []string) error {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return errors.WithStack(err)
+	}
+	defer f.Close()
+	if err := d.Buildctl(ctx, f, args...); err != nil {
+		b, _ := os.ReadFile(logPath)
+		if len(b) > 3000 {
+			b = b[len(b)-3000:]
+		}
+		return errors.Wrapf(err, "output: %s", b)
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package scenario
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// stopGroup ends a process this package started in its own process group
+// (and whatever it started in that group): SIGTERM, then SIGKILL after
+// grace. done receives cmd.Wait's result.
+func stopGroup(cmd *exec.Cmd, done chan error, grace time.Duration) {
+	if cmd == nil || cmd.Process == nil {
+		return
+	}
+	pgid := cmd.Process.Pid
+	_ = syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case err := <-done:
+		done <- err // keep it readable for a second Stop
+	case <-time.After(grace):
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		err := <-done
+		done <- err
+	}
+}
+
+// tail returns the last n bytes of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(bytes.TrimSpace(b))
+}
+
+// findDaemon returns the pid of a buildkitd whose command line names root
+// as its --root, or 0. The root directory is unique to one build, so this
+// finds the daemon a wrapper started without knowing the wrapper's pid.
+func findDaemon(root string) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+		if filepath.Base(args[0]) != "buildkitd" {
+			continue
+		}
+		for i, a := range args {
+			if a == "--root="+root || (a == "--root" && i+1 < len(args) && args[i+1] == root) {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// vmHWM reads a process's peak resident set size in bytes.
+func vmHWM(pid int) (int64, bool) {
+	f, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if v, ok := strings.CutPrefix(s.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0, false
+			}
+			return kb * 1024, true
+		}
+	}
+	return 0, false
+}
+
+// resetHWM resets a process's peak RSS to its current RSS, so a
+// long-running daemon's peak can be read per build (proc(5) clear_refs).
+func resetHWM(pid int) error {
+	return os.WriteFile(filepath.Join("/proc", strconv.Itoa(pid), "clear_refs"), []byte("5"), 0)
+}
+
+// rssWatcher samples the peak RSS of the buildkitd serving root until
+// stopped; VmHWM only grows, so the last sample is the peak up to then.
+type rssWatcher struct {
+	stop chan struct{}
+	done chan int64
+}
+
+func watchRSS(root string, pid int) *rssWatcher {
+	w := &rssWatcher{stop: make(chan struct{}), done: make(chan int64, 1)}
+	go func() {
+		var peak int64
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if pid == 0 {
+				pid = findDaemon(root)
+			}
+			if pid != 0 {
+				if v, ok := vmHWM(pid); ok {
+					peak = max(peak, v)
+				} else if root != "" {
+					pid = 0 // exited; a wrapper may not start another, but look
+				}
+			}
+			select {
+			case <-w.stop:
+				w.done <- peak
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+// Peak stops sampling and returns the highest VmHWM seen (0 if the daemon
+// was never found).
+func (w *rssWatcher) Peak() int64 {
+	close(w.stop)
+	return <-w.done
+}
