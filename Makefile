@@ -45,7 +45,7 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 
 test-unit:
-	go test -mod=mod -count=1 ./cache/... ./hack/overlay/... ./util/...
+	go test -mod=mod -count=1 ./cache/... ./hack/overlay/... ./util/... ./cmd/...
 
 # Integration tests start bin/buildkitd (first in PATH) with the runc worker
 # through upstream's util/testutil/integration, one daemon per test.

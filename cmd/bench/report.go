@@ -284,9 +284,9 @@ func (rep *report) markdown() string {
 	fmt.Fprintf(&b, "- %d cores (%s), %.0f GiB memory, kernel %s\n", m.Cores, m.CPU, m.MemoryGiB, m.Kernel)
 	fmt.Fprintf(&b, "- %s, snapshotter `%s`, garbage collection off\n", m.Buildkitd, m.Snapshotter)
 	fmt.Fprintf(&b, "- daemonless builds through %s\n", rep.Mode)
-	fmt.Fprintf(&b, "- load average at start %s, at end %s. The machine is shared: another engineer's buildkitd\n", rep.LoadStart, rep.LoadEnd)
-	fmt.Fprintf(&b, "  integration tests ran concurrently, so absolute seconds drift; compare the ratios, which come\n")
-	fmt.Fprintf(&b, "  from the same run with the columns interleaved (their order rotates from run to run).\n\n")
+	fmt.Fprintf(&b, "- load average at start %s, at end %s. The machine is shared with other work (buildkitd\n", rep.LoadStart, rep.LoadEnd)
+	fmt.Fprintf(&b, "  integration tests) that may run at the same time, so absolute seconds drift; compare the ratios,\n")
+	fmt.Fprintf(&b, "  which come from the same run with the columns interleaved (their order rotates from run to run).\n\n")
 
 	fmt.Fprintf(&b, "## What is measured\n\n")
 	fmt.Fprintf(&b, "Build 2 of the scenario of moby/buildkit#6572: a Dockerfile `FROM` a generated base image\n")

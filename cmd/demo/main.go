@@ -86,7 +86,7 @@ func run(ctx context.Context, repo, workDir string, size int64) error {
 	fmt.Printf("base image %s: %d layers, %d MB compressed, %d MB uncompressed\n",
 		base.Ref, base.Layers, base.Compressed/scenario.MB, base.Uncompressed/scenario.MB)
 	fmt.Println("build 2 = buildctl build alone; wrapper total adds starting and stopping buildkitd;")
-	fmt.Println("MB under --root = du -sb of the daemon's --root after the build (it starts empty)")
+	fmt.Println("MB under --root = apparent size of the daemon's --root after the build, like du -sb (it starts empty)")
 	fmt.Println()
 	fmt.Print(tb.Text())
 	fmt.Println()

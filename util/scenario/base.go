@@ -114,9 +114,10 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 	// overshoot the size asked for: leave it out.
 	maxFile := perLayer / 4
 	var (
-		total int64 // estimated compressed bytes placed so far
-		pass  = 0
-		next  = 0
+		total  int64 // estimated compressed bytes placed so far
+		pass   = 0
+		next   = 0
+		placed = 0 // files placed in this pass
 	)
 	const batch = 256
 	for total < target {
@@ -124,7 +125,10 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 			return 0, 0, err
 		}
 		if next >= len(files) {
-			next, pass = 0, pass+1
+			if placed == 0 {
+				return 0, 0, errors.Errorf("no file under %s is small enough for a %d-layer image of %d bytes", BaseSource, layers, target)
+			}
+			next, pass, placed = 0, pass+1, 0
 		}
 		end := min(next+batch, len(files))
 		chunk := files[next:end]
@@ -145,6 +149,7 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 			}
 			uncompressed += f.size
 			total += f.gz
+			placed++
 		}
 	}
 	var df strings.Builder
