@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/lazylocal/buildkit/util/testutil/cachetest"
-	"github.com/moby/buildkit/util/testutil/integration"
 	"github.com/moby/buildkit/util/testutil/workers"
 )
 
@@ -18,6 +17,5 @@ func init() {
 }
 
 func TestLazyLocalCacheIntegration(t *testing.T) {
-	cachetest.RequireDeps(t)
-	integration.Run(t, integration.TestFuncs(lazyLocalCacheTests...))
+	cachetest.Run(t, lazyLocalCacheTests)
 }

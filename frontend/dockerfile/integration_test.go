@@ -4,7 +4,6 @@ import (
 	"testing"
 
 	"github.com/lazylocal/buildkit/util/testutil/cachetest"
-	"github.com/moby/buildkit/util/testutil/integration"
 	"github.com/moby/buildkit/util/testutil/workers"
 )
 
@@ -18,6 +17,5 @@ func init() {
 }
 
 func TestLazyLocalCacheDockerfile(t *testing.T) {
-	cachetest.RequireDeps(t)
-	integration.Run(t, integration.TestFuncs(lazyLocalCacheDockerfileTests...))
+	cachetest.Run(t, lazyLocalCacheDockerfileTests)
 }

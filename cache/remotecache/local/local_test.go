@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -390,6 +391,33 @@ func TestLazyReadCorruptLeavesNoIngest(t *testing.T) {
 	got, err := content.ReadBlob(t.Context(), daemon, desc)
 	require.NoError(t, err)
 	require.Equal(t, data, got)
+}
+
+// A resumed fetch starts reading past offset 0 (the daemon holds the first
+// part from an earlier attempt); the check must still cover the whole blob.
+func TestLazyReadResumedFetchIsVerified(t *testing.T) {
+	sm := newManager(t)
+	data := testimageData(1 << 20)
+	c := newTestCache(t, false, string(data))
+	p := importLazyThenClose(t, sm, c)
+	desc := c.layers[0]
+	b := startSession(t, sm, serving(c))
+	provider := p.ProviderForSession(session.NewGroup(b.ID()))
+	half := desc.Size / 2
+
+	readTail := func() error {
+		ra, err := provider.ReaderAt(t.Context(), desc)
+		require.NoError(t, err)
+		defer ra.Close()
+		_, err = io.ReadAll(io.NewSectionReader(ra, half, desc.Size-half))
+		return err
+	}
+	require.NoError(t, readTail())
+
+	bad := bytes.Clone(data)
+	bad[10] ^= 0xff // in the part the daemon would already hold
+	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), bad, 0o644))
+	require.ErrorContains(t, readTail(), "blob "+desc.Digest.String()+" is corrupt")
 }
 
 // testimageData is incompressible test content of n bytes.

@@ -47,7 +47,7 @@ type ingestManager interface {
 }
 
 var (
-	_ content.InfoReaderProvider = &cacheProvider{}
+	_ content.Provider = &cacheProvider{}
 	_ interface {
 		ProviderForSession(session.Group) content.Provider
 	} = &cacheProvider{}
@@ -73,18 +73,6 @@ func (p *cacheProvider) UnlazySession(ocispecs.Descriptor) session.Group {
 		return nil
 	}
 	return p.importer
-}
-
-// Info returns the blob's info from the first live session that serves the
-// directory and holds it.
-func (p *cacheProvider) Info(ctx context.Context, dgst digest.Digest) (content.Info, error) {
-	var info content.Info
-	err := p.each(ctx, dgst, nil, func(_ string, cs content.Store) error {
-		var err error
-		info, err = cs.Info(ctx, dgst)
-		return err
-	})
-	return info, err
 }
 
 // ReaderAt opens the blob through the first live session that serves the

@@ -31,6 +31,14 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// Run runs tests on every registered worker after checking the suite's
+// requirements: a missing one fails the suite instead of skipping it.
+func Run(t *testing.T, tests []func(t *testing.T, sb integration.Sandbox)) {
+	t.Helper()
+	RequireDeps(t)
+	integration.Run(t, integration.TestFuncs(tests...))
+}
+
 // RequireDeps fails, never skips, when what the suite runs on is
 // missing: a suite that skips proves nothing.
 func RequireDeps(t *testing.T) {
