@@ -214,8 +214,11 @@ if [ "$rootless" = true ]; then
 	# rootless runc keeps container state in $XDG_RUNTIME_DIR/runc; the
 	# caller's may be unset or someone else's (su, runuser, CI).
 	mkdir -m 0700 "$tmp/run"
+	# --pidns: buildkitd is pid 1 of its own PID namespace, so when it
+	# exits the kernel ends every step container it leaves; stopping it on
+	# Ctrl-C does not wait for them.
 	# shellcheck disable=SC2086 # commands and flags are split on purpose
-	XDG_RUNTIME_DIR="$tmp/run" $ROOTLESSKIT $BUILDKITD $daemon_flags \
+	XDG_RUNTIME_DIR="$tmp/run" $ROOTLESSKIT --pidns $BUILDKITD $daemon_flags \
 		</dev/null >"$tmp/buildkitd.log" 2>&1 &
 else
 	# shellcheck disable=SC2086 # commands and flags are split on purpose
