@@ -69,16 +69,27 @@ func main() {
 	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
 	rows := flag.String("row", "report,link,cached,oci", "scenarios to run, comma separated (report, link, cached, oci)")
 	runs := flag.Int("runs", 3, "runs of build 2 per cell")
-	md := flag.String("md", "docs/benchmarks.md", "Markdown report to write")
-	png := flag.String("png", "docs/benchmarks.png", "PNG chart to write")
+	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
+	png := flag.String("png", "", "PNG chart to write (default <repo>/docs/benchmarks.png)")
 	workDir := flag.String("workdir", os.TempDir(), "parent of the benchmark's temporary directory")
-	repo := flag.String("repo", ".", "repository root (holds bin/ and examples/)")
+	repo := flag.String("repo", "", "repository root, holding bin/ and examples/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	flag.Parse()
 
 	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:]}
 	var err error
 	if opts.Sizes, err = parseSizes(*sizes); err == nil {
 		opts.Rows, err = parseRows(*rows)
+	}
+	if err == nil && opts.Repo == "" {
+		opts.Repo, err = scenario.FindRepoRoot(".")
+	}
+	// the report's default place is the repository's docs/, wherever
+	// the command runs from (make bench runs it in hack/bench)
+	if opts.MD == "" {
+		opts.MD = filepath.Join(opts.Repo, "docs", "benchmarks.md")
+	}
+	if opts.PNG == "" {
+		opts.PNG = filepath.Join(opts.Repo, "docs", "benchmarks.png")
 	}
 	if err == nil && opts.Runs < 1 {
 		err = errors.Errorf("-runs %d: want at least 1", opts.Runs)

@@ -21,12 +21,20 @@ import (
 func main() {
 	sizeMB := flag.Int("size", 350, "compressed size of the generated base image, in MB")
 	workDir := flag.String("workdir", os.TempDir(), "parent of the demo's temporary directory")
-	repo := flag.String("repo", ".", "repository root (holds bin/ and examples/)")
+	repo := flag.String("repo", "", "repository root, holding bin/ and examples/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	flag.Parse()
 
+	root := *repo
+	if root == "" {
+		var err error
+		if root, err = scenario.FindRepoRoot("."); err != nil {
+			fmt.Fprintln(os.Stderr, "demo:", err)
+			os.Exit(2)
+		}
+	}
 	ctx, stop := scenario.SignalContext(context.Background())
 	defer stop()
-	if err := run(ctx, *repo, *workDir, int64(*sizeMB)*scenario.MB); err != nil {
+	if err := run(ctx, root, *workDir, int64(*sizeMB)*scenario.MB); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}

@@ -106,3 +106,39 @@ func TestBuildTime(t *testing.T) {
 	_, err = buildTime(filepath.Join(t.TempDir(), "missing"))
 	require.ErrorContains(t, err, "did not run the build through BUILDCTL")
 }
+
+func TestFindRepoRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files []string // under the temporary directory; a trailing / makes a directory
+		from  string
+		want  string // "" means an error
+	}{
+		{name: "from a nested module", files: []string{"Makefile", ".git/", "hack/bench/go.mod"}, from: "hack/bench", want: "."},
+		{name: "from the root", files: []string{"Makefile", ".git/"}, from: ".", want: "."},
+		{name: ".git is a file in a worktree", files: []string{"Makefile", ".git", "hack/bench/"}, from: "hack/bench", want: "."},
+		{name: "nearest wins", files: []string{"Makefile", ".git/", "sub/Makefile", "sub/.git/", "sub/dir/"}, from: "sub/dir", want: "sub"},
+		{name: "Makefile without .git is not a root", files: []string{"Makefile", ".git/", "hack/Makefile", "hack/bench/"}, from: "hack/bench", want: "."},
+		{name: "none", files: []string{"hack/Makefile", "hack/bench/"}, from: "hack/bench"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tc.files {
+				p := filepath.Join(dir, f)
+				if strings.HasSuffix(f, "/") {
+					require.NoError(t, os.MkdirAll(p, 0o755))
+					continue
+				}
+				require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+				require.NoError(t, os.WriteFile(p, nil, 0o644))
+			}
+			got, err := FindRepoRoot(filepath.Join(dir, tc.from))
+			if tc.want == "" {
+				require.ErrorContains(t, err, "no repository root")
+				return
+			}
+			require.NoError(t, err)
+			require.Equal(t, filepath.Join(dir, tc.want), got)
+		})
+	}
+}

@@ -27,6 +27,31 @@ type Tools struct {
 	Registry string
 }
 
+// FindRepoRoot returns the nearest directory at or above dir that holds both
+// a Makefile and .git (a directory, or a file in a git worktree). The tools
+// run from their own module under hack/ (make demo does cd hack/bench), so
+// bin/, examples/ and docs/ are resolved against this root, not the working
+// directory.
+func FindRepoRoot(dir string) (string, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", errors.Wrapf(err, "failed to resolve %s", dir)
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		if exists(filepath.Join(d, "Makefile")) && exists(filepath.Join(d, ".git")) {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", errors.Errorf("no repository root (a directory holding Makefile and .git) at or above %s: run inside the repository or pass -repo", abs)
+		}
+	}
+}
+
+func exists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
 // FindTools locates the tools relative to the repository root: our
 // bin/buildctl and bin/buildkitd, the wrapper when it exists, and the
 // registry in bin/ or PATH.
