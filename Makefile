@@ -42,10 +42,11 @@ deps:
 
 vet:
 	go vet -mod=mod ./...
+	cd hack/bench && go vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 
-test-unit:
-	go test -mod=mod -count=1 ./cache/... ./hack/overlay/... ./util/... ./cmd/...
+test-unit: test-bench-tools
+	go test -mod=mod -count=1 ./cache/... ./hack/overlay/... ./util/...
 
 # Integration tests start bin/buildkitd (first in PATH) with the runc worker
 # through upstream's util/testutil/integration, one daemon per test.
@@ -70,16 +71,24 @@ clean:
 #   make demo                                 eager vs lazy rebuilds, one table
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
+#   make test-bench-tools                     vet and unit tests of the tools
+#
+# hack/bench is a module of its own (plotting pulls in gonum): the tools run
+# from there and find bin/, examples/ and docs/ by walking up to this
+# Makefile and .git (or take -repo).
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: bench
+.PHONY: bench test-bench-tools
 
 demo: deps build
-	go run -mod=mod ./cmd/demo $(DEMO_FLAGS)
+	cd hack/bench && go run ./cmd/demo $(DEMO_FLAGS)
 
 bench: deps build
-	go run -mod=mod ./cmd/bench $(BENCH_FLAGS)
+	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
+
+test-bench-tools:
+	cd hack/bench && go vet ./... && go test -count=1 ./...
 
 # daemonless wrapper
 #

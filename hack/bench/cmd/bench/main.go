@@ -1,6 +1,7 @@
 // Command bench measures build 2 of the daemonless rebuild scenarios of
 // make demo as a matrix (scenario x way of importing the cache x base image
-// size) and writes docs/benchmarks.md and a PNG chart from the same run.
+// size) and writes the repository's docs/benchmarks.md and a PNG chart from
+// the same run. From hack/bench (make bench):
 //
 //	go run ./cmd/bench                      # everything: 50, 350, 1200 MB
 //	go run ./cmd/bench -size 350 -row cached,link
@@ -16,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lazylocal/buildkit/util/scenario"
+	"github.com/lazylocal/buildkit/hack/bench/scenario"
 	"github.com/pkg/errors"
 )
 

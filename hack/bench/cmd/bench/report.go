@@ -8,10 +8,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lazylocal/buildkit/util/chart"
-	"github.com/lazylocal/buildkit/util/mdtable"
-	"github.com/lazylocal/buildkit/util/scenario"
-	"github.com/lazylocal/buildkit/util/stats"
+	"github.com/lazylocal/buildkit/hack/bench/chart"
+	"github.com/lazylocal/buildkit/hack/bench/mdtable"
+	"github.com/lazylocal/buildkit/hack/bench/scenario"
+	"github.com/lazylocal/buildkit/hack/bench/stats"
 	"github.com/pkg/errors"
 )
 
@@ -266,7 +266,7 @@ func (rep *report) markdown() string {
 	var b strings.Builder
 	m := rep.Machine
 	fmt.Fprintf(&b, "# Benchmarks: build 2 of the daemonless rebuild\n\n")
-	cmdline := strings.TrimSpace("go run ./cmd/bench " + strings.Join(rep.Opts.Args, " "))
+	cmdline := strings.TrimSpace("cd hack/bench && go run ./cmd/bench " + strings.Join(rep.Opts.Args, " "))
 	fmt.Fprintf(&b, "Written by `make bench` (`%s`), started %s, wall time %s.\n",
 		cmdline, rep.Started.UTC().Format("2006-01-02 15:04 MST"), rep.Wall.Round(time.Second))
 	fmt.Fprintf(&b, "Every figure below comes from that one run; rerun the command to reproduce them.\n")

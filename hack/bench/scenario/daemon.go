@@ -19,7 +19,7 @@ import (
 // and push to the loopback registry over plain HTTP, and turns garbage
 // collection off so that it cannot start in the middle of a measurement.
 func WriteDaemonConfig(path, registryAddr string) error {
-	cfg := fmt.Sprintf(`# written by util/scenario
+	cfg := fmt.Sprintf(`# written by hack/bench/scenario
 [registry.%q]
   http = true
   insecure = true

@@ -49,7 +49,7 @@ type Daemonless struct {
 // shim records how long the build itself takes inside the wrapper, which
 // otherwise only lets us time daemon start, build and stop together.
 const shim = `#!/bin/sh
-# Written by util/scenario: times "buildctl ... build ..." for the benchmark.
+# Written by hack/bench/scenario: times "buildctl ... build ..." for the benchmark.
 set -eu
 for a in "$@"; do
 	if [ "$a" = build ]; then

@@ -13,8 +13,8 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/lazylocal/buildkit/util/mdtable"
-	"github.com/lazylocal/buildkit/util/scenario"
+	"github.com/lazylocal/buildkit/hack/bench/mdtable"
+	"github.com/lazylocal/buildkit/hack/bench/scenario"
 	"github.com/pkg/errors"
 )
 

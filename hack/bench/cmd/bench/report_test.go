@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lazylocal/buildkit/util/scenario"
+	"github.com/lazylocal/buildkit/hack/bench/scenario"
 	"github.com/stretchr/testify/require"
 )
 
