@@ -81,16 +81,8 @@ func main() {
 	if opts.Sizes, err = parseSizes(*sizes); err == nil {
 		opts.Rows, err = parseRows(*rows)
 	}
-	if err == nil && opts.Repo == "" {
-		opts.Repo, err = scenario.FindRepoRoot(".")
-	}
-	// the report's default place is the repository's docs/, wherever
-	// the command runs from (make bench runs it in hack/bench)
-	if opts.MD == "" {
-		opts.MD = filepath.Join(opts.Repo, "docs", "benchmarks.md")
-	}
-	if opts.PNG == "" {
-		opts.PNG = filepath.Join(opts.Repo, "docs", "benchmarks.png")
+	if err == nil {
+		err = opts.resolvePaths()
 	}
 	if err == nil && opts.Runs < 1 {
 		err = errors.Errorf("-runs %d: want at least 1", opts.Runs)
@@ -105,6 +97,26 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// resolvePaths fills in the repository root (when -repo is not given) and
+// the report's default place, the repository's docs/, wherever the command
+// runs from (make bench runs it in hack/bench).
+func (o *options) resolvePaths() error {
+	if o.Repo == "" {
+		root, err := scenario.FindRepoRoot(".")
+		if err != nil {
+			return err
+		}
+		o.Repo = root
+	}
+	if o.MD == "" {
+		o.MD = filepath.Join(o.Repo, "docs", "benchmarks.md")
+	}
+	if o.PNG == "" {
+		o.PNG = filepath.Join(o.Repo, "docs", "benchmarks.png")
+	}
+	return nil
 }
 
 func parseSizes(s string) ([]int, error) {
