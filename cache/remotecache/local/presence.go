@@ -3,40 +3,80 @@ package local
 import (
 	"context"
 	"encoding/json"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/containerd/v2/core/images"
 	cerrdefs "github.com/containerd/errdefs"
 	cacheimporttypes "github.com/moby/buildkit/cache/remotecache/v1/types"
-	"github.com/moby/buildkit/util/imageutil"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
 	"golang.org/x/sync/errgroup"
 )
 
-// maxManifestSize bounds the manifest and config blobs read at import, as
-// upstream's importer does.
-const maxManifestSize = 1 << 20
-
-// presenceCheckConcurrency bounds the Info calls in flight over the session.
+// presenceCheckConcurrency bounds the Info calls in flight over a session.
 const presenceCheckConcurrency = 8
 
-// cacheManifest is what a cache manifest lists: the layer blobs its records
-// can use and the cache config. config is empty for an image manifest
-// without a cache config (inline cache).
-type cacheManifest struct {
-	layers []ocispecs.Descriptor
-	config ocispecs.Descriptor
+// cacheLayers returns the layer blobs a cache manifest lists: the entries of
+// a manifest list other than the cache config, or the layers of an image
+// manifest. The two shapes have no field in common, so one decoding serves
+// both.
+func cacheLayers(dt []byte) ([]ocispecs.Descriptor, error) {
+	var m struct {
+		Manifests []ocispecs.Descriptor `json:"manifests"`
+		Layers    []ocispecs.Descriptor `json:"layers"`
+	}
+	if err := json.Unmarshal(dt, &m); err != nil {
+		return nil, errors.Wrap(err, "failed to parse cache manifest")
+	}
+	layers := m.Layers
+	for _, d := range m.Manifests {
+		if d.MediaType != cacheimporttypes.CacheConfigMediaTypeV0 {
+			layers = append(layers, d)
+		}
+	}
+	return layers, nil
 }
 
-// missingLayers returns the layer blobs of m that cs does not hold. Only
+// withoutLayers returns the cache manifest dt without the layer blobs in
+// drop, everything else as it was. The importer then finds no blob for the
+// records that need them: those records get no result, and their steps run
+// again, which is what eager import ends up with when it fails to pull such
+// a blob while loading the record.
+func withoutLayers(dt []byte, drop map[digest.Digest]struct{}) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(dt, &m); err != nil {
+		return nil, errors.Wrap(err, "failed to parse cache manifest")
+	}
+	for _, key := range []string{"manifests", "layers"} {
+		raw, ok := m[key]
+		if !ok {
+			continue
+		}
+		var descs []ocispecs.Descriptor
+		if err := json.Unmarshal(raw, &descs); err != nil {
+			return nil, errors.Wrapf(err, "failed to parse %s of cache manifest", key)
+		}
+		kept := slices.DeleteFunc(descs, func(d ocispecs.Descriptor) bool {
+			_, ok := drop[d.Digest]
+			return ok
+		})
+		b, err := json.Marshal(kept)
+		if err != nil {
+			return nil, err
+		}
+		m[key] = b
+	}
+	return json.Marshal(m)
+}
+
+// missingLayers returns the digests of layers that cs does not hold. Only
 // Info is called: no layer data is read.
-func missingLayers(ctx context.Context, cs content.InfoProvider, m cacheManifest) (map[digest.Digest]struct{}, error) {
-	found := make([]bool, len(m.layers))
+func missingLayers(ctx context.Context, cs content.InfoProvider, layers []ocispecs.Descriptor) (map[digest.Digest]struct{}, error) {
+	found := make([]bool, len(layers))
 	eg, egCtx := errgroup.WithContext(ctx)
 	eg.SetLimit(presenceCheckConcurrency)
-	for i, l := range m.layers {
+	for i, l := range layers {
 		eg.Go(func() error {
 			_, err := cs.Info(egCtx, l.Digest)
 			switch {
@@ -54,49 +94,8 @@ func missingLayers(ctx context.Context, cs content.InfoProvider, m cacheManifest
 	missing := map[digest.Digest]struct{}{}
 	for i, ok := range found {
 		if !ok {
-			missing[m.layers[i].Digest] = struct{}{}
+			missing[layers[i].Digest] = struct{}{}
 		}
 	}
 	return missing, nil
-}
-
-// readCacheManifest reads and parses the cache manifest desc: a manifest
-// list whose entries are the layers plus the cache config, or an image
-// manifest with the cache config as its config.
-func readCacheManifest(ctx context.Context, p content.Provider, desc ocispecs.Descriptor) (cacheManifest, error) {
-	dt, err := readSmallBlob(ctx, p, desc)
-	if err != nil {
-		return cacheManifest{}, errors.Wrapf(err, "failed to read cache manifest %s", desc.Digest)
-	}
-	mt, err := imageutil.DetectManifestBlobMediaType(dt)
-	if err != nil {
-		return cacheManifest{}, err
-	}
-	var m cacheManifest
-	switch mt {
-	case images.MediaTypeDockerSchema2ManifestList, ocispecs.MediaTypeImageIndex:
-		var idx ocispecs.Index
-		if err := json.Unmarshal(dt, &idx); err != nil {
-			return cacheManifest{}, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
-		}
-		for _, d := range idx.Manifests {
-			if d.MediaType == cacheimporttypes.CacheConfigMediaTypeV0 {
-				m.config = d
-			} else {
-				m.layers = append(m.layers, d)
-			}
-		}
-	case images.MediaTypeDockerSchema2Manifest, ocispecs.MediaTypeImageManifest:
-		var mfst ocispecs.Manifest
-		if err := json.Unmarshal(dt, &mfst); err != nil {
-			return cacheManifest{}, errors.Wrapf(err, "failed to parse cache manifest %s", desc.Digest)
-		}
-		m.layers = mfst.Layers
-		if mfst.Config.MediaType == cacheimporttypes.CacheConfigMediaTypeV0 {
-			m.config = mfst.Config
-		}
-	default:
-		return cacheManifest{}, errors.Errorf("unsupported cache manifest type %s for %s", mt, desc.Digest)
-	}
-	return m, nil
 }
