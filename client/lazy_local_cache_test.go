@@ -1,4 +1,4 @@
-package client_test
+package client
 
 import (
 	"context"
@@ -16,16 +16,15 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/lazylocal/buildkit/util/testutil/cachetest"
-	"github.com/lazylocal/buildkit/util/testutil/testimage"
-	"github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/client/llb"
 	gw "github.com/moby/buildkit/frontend/gateway/client"
 	"github.com/moby/buildkit/identity"
 	"github.com/moby/buildkit/session"
 	sessioncontent "github.com/moby/buildkit/session/content"
 	"github.com/moby/buildkit/util/testutil"
+	"github.com/moby/buildkit/util/testutil/cachetest"
 	"github.com/moby/buildkit/util/testutil/integration"
+	"github.com/moby/buildkit/util/testutil/workers"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
@@ -34,7 +33,12 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// lazyLocalCacheTests lists the lazy local cache integration tests, one behaviour each.
+func init() {
+	allTests = append(allTests, lazyLocalCacheTests...)
+}
+
+// lazyLocalCacheTests are the tests of lazy=true on the local cache
+// importer, one behaviour each.
 var lazyLocalCacheTests = []func(t *testing.T, sb integration.Sandbox){
 	testLazyLocalCacheEagerStaysEager,
 	testLazyLocalCacheAllCachedStaysLazy,
@@ -54,7 +58,7 @@ var lazyLocalCacheTests = []func(t *testing.T, sb integration.Sandbox){
 // mode=max to dir, and a daemon pruned back to empty, as a CI builder
 // starts.
 type scenario struct {
-	c     *client.Client
+	c     *Client
 	sb    integration.Sandbox
 	files map[string][]byte
 	// built is the base image with a RUN that writes /sum, the sha256sum
@@ -69,26 +73,43 @@ const dataLayers = 3
 
 func newScenario(t *testing.T, sb integration.Sandbox) *scenario {
 	t.Helper()
-	c := cachetest.NewClient(t, sb)
-	ref := cachetest.NewRegistry(t, sb) + "/lazy-local-cache/base-" + identity.NewID() + ":latest"
-	layers := testimage.SmallLayers(dataLayers, 256<<10)
-	testimage.Push(sb.Context(), t, c, ref, layers...)
-	s := &scenario{
+	requiresLinux(t)
+	workers.CheckFeatureCompat(t, sb, workers.FeatureCacheExport, workers.FeatureCacheImport, workers.FeatureCacheBackendLocal)
+	c, err := New(sb.Context(), sb.Address())
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	registry, err := sb.NewRegistry()
+	if errors.Is(err, integration.ErrRequirements) {
+		t.Skip(err.Error())
+	}
+	require.NoError(t, err)
+
+	ref := registry + "/lazy-local-cache/base-" + identity.NewID() + ":latest"
+	layers := cachetest.SmallLayers(dataLayers, 256<<10)
+	_, err = c.Solve(sb.Context(), marshal(t, sb, cachetest.Image(layers...)), SolveOpt{
+		Exports: []ExportEntry{{Type: ExporterImage, Attrs: map[string]string{"name": ref, "push": "true"}}},
+	}, nil)
+	require.NoError(t, err)
+	return &scenario{
 		c:     c,
 		sb:    sb,
-		files: testimage.Files(layers...),
+		files: cachetest.Files(layers...),
 		built: llb.Image(ref).Run(llb.Args([]string{"/bin/sh", "-c", "cat /data/* | sha256sum > /sum"}), llb.WithCustomName("checksum data")).Root(),
 		dir:   filepath.Join(t.TempDir(), "cache"),
 	}
-	return s
 }
 
-// seed exports the cache of st to the scenario's directory and prunes.
+// seed exports the cache of st to the scenario's directory with mode=max,
+// and prunes the daemon back to empty.
 func (s *scenario) seed(t *testing.T, st llb.State, locals map[string]fsutil.FS) {
 	t.Helper()
-	cachetest.ExportCache(t, s.c, s.sb, marshal(t, s.sb, st), s.dir, client.SolveOpt{LocalMounts: locals})
+	_, err := s.c.Solve(s.sb.Context(), marshal(t, s.sb, st), SolveOpt{
+		LocalMounts:  locals,
+		CacheExports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": s.dir, "mode": "max"}}},
+	}, nil)
+	require.NoError(t, err)
 	s.desc, s.mfst = cachetest.Manifest(t, s.dir)
-	cachetest.PruneAll(t, s.c, s.sb)
+	ensurePruneAll(t, s.c, s.sb)
 }
 
 func (s *scenario) imports(lazy bool, store *cachetest.CountingStore) importOpts {
@@ -125,7 +146,7 @@ func testLazyLocalCacheEagerStaysEager(t *testing.T, sb integration.Sandbox) {
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(false, store))
 	require.NoError(t, err)
 	require.Empty(t, p.Uncached(), "every step comes from the imported cache")
-	require.Equal(t, len(s.mfst.Layers), p.Extracted(), "eager import extracts each imported layer")
+	require.Len(t, p.Extracted(), len(s.mfst.Layers), "eager import extracts each imported layer")
 	require.Len(t, store.LayerReads(s.mfst), len(s.mfst.Layers))
 }
 
@@ -139,7 +160,7 @@ func testLazyLocalCacheAllCachedStaysLazy(t *testing.T, sb integration.Sandbox) 
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, s.built), s.imports(true, store))
 	require.NoError(t, err)
 	require.Empty(t, p.Uncached(), "every step comes from the imported cache")
-	require.Zero(t, p.Extracted())
+	require.Empty(t, p.Extracted())
 	require.Empty(t, store.LayerReads(s.mfst), "no layer blob is pulled into the daemon")
 }
 
@@ -166,7 +187,7 @@ func testLazyLocalCacheLinkStaysLazy(t *testing.T, sb integration.Sandbox) {
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, st), o)
 	require.NoError(t, err)
 	require.NotEmpty(t, p.Uncached(), "the changed copy runs")
-	require.Zero(t, p.Extracted())
+	require.Empty(t, p.Extracted())
 	require.Empty(t, store.LayerReads(s.mfst))
 }
 
@@ -185,7 +206,7 @@ func testLazyLocalCacheMountedCorrect(t *testing.T, sb integration.Sandbox) {
 	o.output, o.oci = out, ociTar
 	p, err := buildWithImport(sb.Context(), t, s.c, marshal(t, sb, st), o)
 	require.NoError(t, err)
-	require.NotZero(t, p.Extracted(), "the RUN mounts the imported layers")
+	require.NotEmpty(t, p.Extracted(), "the RUN mounts the imported layers")
 
 	var want strings.Builder
 	for i := 1; i <= dataLayers; i++ {
@@ -248,7 +269,7 @@ func runAThenB(t *testing.T, sb integration.Sandbox, bImports bool) (out string,
 	ctx, cancel := context.WithTimeoutCause(sb.Context(), 2*time.Minute, errors.New("session rebind test timed out"))
 	defer cancel()
 	s := newScenario(t, sb)
-	payload := testimage.Data("payload", 512<<10)
+	payload := cachetest.Data("payload", 512<<10)
 	ctxDir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "payload"), payload, 0o644))
 	fs, err := fsutil.NewFS(ctxDir)
@@ -377,7 +398,7 @@ func testLazyLocalCacheConcurrentSharedVertices(t *testing.T, sb integration.San
 	s.seed(t, s.built, nil)
 	for i := range 3 {
 		if i > 0 {
-			cachetest.PruneAll(t, s.c, sb)
+			ensurePruneAll(t, s.c, sb)
 		}
 		delay := newDelayServer(t)
 		out := t.TempDir()
@@ -413,9 +434,9 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 	def := marshal(t, sb, s.built)
 
 	for _, dest := range []string{filepath.Join(t.TempDir(), "cache2"), s.dir} {
-		_, err := s.c.Solve(sb.Context(), def, client.SolveOpt{
-			CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
-			CacheExports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dest, "mode": "max"}}},
+		_, err := s.c.Solve(sb.Context(), def, SolveOpt{
+			CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
+			CacheExports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dest, "mode": "max"}}},
 		}, nil)
 		require.NoError(t, err, "export to %s", dest)
 		m := cachetest.RequireComplete(t, dest)
@@ -423,14 +444,14 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 			require.True(t, slices.ContainsFunc(m.Layers, func(d ocispecs.Descriptor) bool { return d.Digest == l.Digest }), "layer %s kept in %s", l.Digest, dest)
 		}
 
-		cachetest.PruneAll(t, s.c, sb)
+		ensurePruneAll(t, s.c, sb)
 		desc, _ := cachetest.Manifest(t, dest)
 		store := cachetest.NewCountingStore(t, dest)
 		p, err := buildWithImport(sb.Context(), t, s.c, def, importOpts{dir: dest, digest: desc.Digest, lazy: true, store: store})
 		require.NoError(t, err)
 		require.Empty(t, p.Uncached(), "fresh daemon importing %s is fully cached", dest)
-		require.Zero(t, p.Extracted())
-		cachetest.PruneAll(t, s.c, sb)
+		require.Empty(t, p.Extracted())
+		ensurePruneAll(t, s.c, sb)
 	}
 }
 
@@ -440,11 +461,12 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 func testLazyLocalCacheInvalidAttr(t *testing.T, sb integration.Sandbox) {
 	s := newScenario(t, sb)
 	s.seed(t, s.built, nil)
-	ch, p := cachetest.WatchProgress()
-	_, err := s.c.Solve(sb.Context(), marshal(t, sb, s.built), client.SolveOpt{
-		CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "maybe"}}},
+	ch, progress := watchProgress()
+	_, err := s.c.Solve(sb.Context(), marshal(t, sb, s.built), SolveOpt{
+		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "maybe"}}},
 	}, ch)
 	require.NoError(t, err)
+	p := progress()
 	errs := p.ImportErrors()
 	require.Len(t, errs, 1)
 	require.Contains(t, errs[0], `failed to configure local cache importer: failed to parse lazy: strconv.ParseBool: parsing "maybe": invalid syntax`)
@@ -477,29 +499,30 @@ func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
 	require.NoError(t, os.Remove(cachetest.BlobPath(s.dir, runLayer)))
 
 	dir2 := filepath.Join(t.TempDir(), "cache2")
-	_, err := s.c.Solve(sb.Context(), marshal(t, sb, final), client.SolveOpt{
-		CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
-		CacheExports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dir2, "mode": "max"}}},
+	_, err := s.c.Solve(sb.Context(), marshal(t, sb, final), SolveOpt{
+		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
+		CacheExports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dir2, "mode": "max"}}},
 	}, nil)
 	require.NoError(t, err)
 	m := cachetest.RequireComplete(t, dir2)
 	require.False(t, slices.ContainsFunc(m.Layers, func(d ocispecs.Descriptor) bool { return d.Digest == runLayer }))
 
 	// A build that needs the missing layer runs its step again.
-	cachetest.PruneAll(t, s.c, sb)
+	ensurePruneAll(t, s.c, sb)
 	out := t.TempDir()
-	ch, p := cachetest.WatchProgress()
-	_, err = s.c.Solve(sb.Context(), marshal(t, sb, base), client.SolveOpt{
-		CacheImports: []client.CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
-		Exports:      []client.ExportEntry{{Type: client.ExporterLocal, OutputDir: out}},
+	ch, progress := watchProgress()
+	_, err = s.c.Solve(sb.Context(), marshal(t, sb, base), SolveOpt{
+		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
+		Exports:      []ExportEntry{{Type: ExporterLocal, OutputDir: out}},
 	}, ch)
 	require.NoError(t, err)
+	p := progress()
 	require.Contains(t, p.Uncached(), "detection run")
 	got, err := os.ReadFile(filepath.Join(out, "detection-file"))
 	require.NoError(t, err)
 	require.Equal(t, "abc\n", string(got))
 	// Dropping the records left no ref in use behind.
-	cachetest.PruneAll(t, s.c, sb)
+	ensurePruneAll(t, s.c, sb)
 }
 
 // A blob corrupted in place fails the build that needs it with an error
@@ -560,19 +583,19 @@ func (o importOpts) cacheImports() []gw.CacheOptionsEntry {
 	return []gw.CacheOptionsEntry{{Type: "local", Attrs: attrs}}
 }
 
-func (o importOpts) solveOpt(t *testing.T) client.SolveOpt {
-	opt := client.SolveOpt{LocalMounts: o.locals}
+func (o importOpts) solveOpt(t *testing.T) SolveOpt {
+	opt := SolveOpt{LocalMounts: o.locals}
 	if o.store != nil {
 		opt.Session = []session.Attachable{sessioncontent.NewAttachable(map[string]content.Store{"local:" + o.dir: o.store})}
 	}
 	if o.output != "" {
-		opt.Exports = append(opt.Exports, client.ExportEntry{Type: client.ExporterLocal, OutputDir: o.output})
+		opt.Exports = append(opt.Exports, ExportEntry{Type: ExporterLocal, OutputDir: o.output})
 	}
 	if o.oci != "" {
 		f, err := os.Create(o.oci)
 		require.NoError(t, err)
-		opt.Exports = append(opt.Exports, client.ExportEntry{
-			Type:   client.ExporterOCI,
+		opt.Exports = append(opt.Exports, ExportEntry{
+			Type:   ExporterOCI,
 			Output: func(map[string]string) (io.WriteCloser, error) { return f, nil },
 		})
 	}
@@ -581,9 +604,9 @@ func (o importOpts) solveOpt(t *testing.T) client.SolveOpt {
 
 // buildWithImport solves def in a gateway build that imports the cache as o
 // says, and returns what the client saw of its progress.
-func buildWithImport(ctx context.Context, t *testing.T, c *client.Client, def *llb.Definition, o importOpts) (*cachetest.Progress, error) {
+func buildWithImport(ctx context.Context, t *testing.T, c *Client, def *llb.Definition, o importOpts) (*cachetest.Progress, error) {
 	t.Helper()
-	ch, p := cachetest.WatchProgress()
+	ch, progress := watchProgress()
 	_, err := c.Build(ctx, o.solveOpt(t), "lazy-local-cache-test", func(ctx context.Context, gc gw.Client) (*gw.Result, error) {
 		return gc.Solve(ctx, gw.SolveRequest{
 			Definition:   def.ToPB(),
@@ -591,5 +614,28 @@ func buildWithImport(ctx context.Context, t *testing.T, c *client.Client, def *l
 			Evaluate:     true,
 		})
 	}, ch)
-	return p, err
+	return progress(), err
+}
+
+// watchProgress returns a status channel for a solve, and a function that
+// returns what the statuses said once the solve has closed the channel.
+func watchProgress() (chan *SolveStatus, func() *cachetest.Progress) {
+	ch := make(chan *SolveStatus)
+	p := cachetest.NewProgress()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for st := range ch {
+			for _, v := range st.Vertexes {
+				p.AddVertex(v.Digest.String(), cachetest.Vertex{Name: v.Name, Cached: v.Cached, Completed: v.Completed != nil, Error: v.Error})
+			}
+			for _, vs := range st.Statuses {
+				p.AddStatus(vs.ID)
+			}
+		}
+	}()
+	return ch, func() *cachetest.Progress {
+		<-done
+		return p
+	}
 }

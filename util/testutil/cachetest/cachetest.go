@@ -1,8 +1,8 @@
-// Package cachetest holds what the lazy local cache integration tests share:
-// checks that the suite's requirements are there, a daemon pruned back to
-// empty, a view of a build's progress as the client sees it, a cache
-// directory served through a store that records reads, and checks of a
-// cache directory's content.
+// Package cachetest holds what the local cache integration tests of client
+// and frontend/dockerfile share: base images with generated layers, a view
+// of a build's progress as the client sees it, a cache directory served
+// through a store that records reads, and checks of a cache directory's
+// content.
 package cachetest
 
 import (
@@ -12,102 +12,21 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
-	"github.com/moby/buildkit/client"
-	"github.com/moby/buildkit/client/llb"
 	"github.com/moby/buildkit/util/testutil"
-	"github.com/moby/buildkit/util/testutil/integration"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/stretchr/testify/require"
 )
-
-// Run runs tests on every registered worker after checking the suite's
-// requirements: a missing one fails the suite instead of skipping it.
-func Run(t *testing.T, tests []func(t *testing.T, sb integration.Sandbox)) {
-	t.Helper()
-	RequireDeps(t)
-	integration.Run(t, integration.TestFuncs(tests...))
-}
-
-// RequireDeps fails, never skips, when what the suite runs on is
-// missing: a suite that skips proves nothing.
-func RequireDeps(t *testing.T) {
-	t.Helper()
-	if os.Getuid() != 0 {
-		t.Fatal("integration tests start buildkitd with the runc worker and must run as root")
-	}
-	for bin, pkg := range map[string]string{
-		"buildkitd": "make build (bin/ must be first in PATH)",
-		"runc":      "apt-get install runc",
-		"registry":  "apt-get install docker-registry, then link /usr/bin/docker-registry as registry in PATH (make deps does)",
-	} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not found in PATH: %s", bin, pkg)
-		}
-	}
-	out, err := exec.Command("buildkitd", "--version").CombinedOutput()
-	require.NoError(t, err, string(out))
-	t.Logf("testing %s", strings.TrimSpace(string(out)))
-}
-
-func NewClient(t *testing.T, sb integration.Sandbox) *client.Client {
-	t.Helper()
-	c, err := client.New(sb.Context(), sb.Address())
-	require.NoError(t, err)
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
-func NewRegistry(t *testing.T, sb integration.Sandbox) string {
-	t.Helper()
-	reg, err := sb.NewRegistry()
-	require.NoError(t, err, "the loopback registry must start (apt-get install docker-registry)")
-	return reg
-}
-
-// PruneAll leaves the daemon as a fresh one: no records, no blobs, so what
-// a following build uses comes from the imported cache.
-func PruneAll(t *testing.T, c *client.Client, sb integration.Sandbox) {
-	t.Helper()
-	for range 2 {
-		require.NoError(t, c.Prune(sb.Context(), nil, client.PruneAll))
-		for range 20 {
-			du, err := c.DiskUsage(sb.Context())
-			require.NoError(t, err)
-			if len(du) == 0 {
-				return
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
-	}
-	du, err := c.DiskUsage(sb.Context())
-	require.NoError(t, err)
-	for _, r := range du {
-		t.Logf("left after prune: %s in-use=%v mutable=%v parents=%v %q", r.ID, r.InUse, r.Mutable, r.Parents, r.Description)
-	}
-	t.Fatal("daemon still holds records after prune")
-}
-
-// ExportCache solves def exporting its cache with mode=max to dir.
-func ExportCache(t *testing.T, c *client.Client, sb integration.Sandbox, def *llb.Definition, dir string, opt client.SolveOpt) {
-	t.Helper()
-	opt.CacheExports = append(opt.CacheExports, client.CacheOptionsEntry{
-		Type:  "local",
-		Attrs: map[string]string{"dest": dir, "mode": "max"},
-	})
-	_, err := c.Solve(sb.Context(), def, opt, nil)
-	require.NoError(t, err)
-}
 
 // Manifest returns the descriptor index.json of a cache directory
 // points at, and the manifest itself.
@@ -179,40 +98,49 @@ func (s *CountingStore) LayerReads(m ocispecs.Manifest) []digest.Digest {
 	return out
 }
 
-// Progress collects a build's progress as the client sees it.
+// Progress collects what a build's progress says about cache use, as the
+// client sees it. The test feeds it the client's statuses (AddVertex,
+// AddStatus) and reads it once the build has ended.
 type Progress struct {
 	mu         sync.Mutex
-	extracting map[string]struct{}
-	vertices   map[digest.Digest]*client.Vertex
-	done       chan struct{}
+	extracting map[digest.Digest]struct{}
+	vertices   map[string]Vertex
 }
 
-// WatchProgress returns a status channel for a solve and what it collects.
-func WatchProgress() (chan *client.SolveStatus, *Progress) {
-	ch := make(chan *client.SolveStatus)
-	p := &Progress{extracting: map[string]struct{}{}, vertices: map[digest.Digest]*client.Vertex{}, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for st := range ch {
-			p.mu.Lock()
-			for _, s := range st.Statuses {
-				if strings.HasPrefix(s.ID, "extracting sha256:") {
-					p.extracting[s.ID] = struct{}{}
-				}
-			}
-			for _, v := range st.Vertexes {
-				p.vertices[v.Digest] = v
-			}
-			p.mu.Unlock()
-		}
-	}()
-	return ch, p
+// Vertex is what Progress keeps of a build step.
+type Vertex struct {
+	Name      string
+	Cached    bool
+	Completed bool
+	Error     string
+}
+
+func NewProgress() *Progress {
+	return &Progress{extracting: map[digest.Digest]struct{}{}, vertices: map[string]Vertex{}}
+}
+
+// AddVertex records the latest state of the step with the given digest.
+func (p *Progress) AddVertex(dgst string, v Vertex) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.vertices[dgst] = v
+}
+
+// AddStatus records a status line; "extracting sha256:..." counts the
+// layer as extracted.
+func (p *Progress) AddStatus(id string) {
+	if dgst, ok := strings.CutPrefix(id, "extracting "); ok {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.extracting[digest.Digest(dgst)] = struct{}{}
+	}
 }
 
 // ImportErrors lists the errors of cache imports: the solver builds on
 // without a cache it could not import, and reports why on this vertex.
 func (p *Progress) ImportErrors() []string {
-	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var out []string
 	for _, v := range p.vertices {
 		if strings.HasPrefix(v.Name, "importing cache manifest") && v.Error != "" {
@@ -222,23 +150,25 @@ func (p *Progress) ImportErrors() []string {
 	return out
 }
 
-// Extracted returns how many distinct layers the build extracted.
-func (p *Progress) Extracted() int {
-	<-p.done
-	return len(p.extracting)
+// Extracted returns the layers the build extracted.
+func (p *Progress) Extracted() []digest.Digest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Sorted(maps.Keys(p.extracting))
 }
 
 // Uncached lists the names of build steps that ran instead of coming from
 // cache. Resolving the base image and reading the cache manifest are not
 // steps: they are never reported as cached.
 func (p *Progress) Uncached() []string {
-	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	var out []string
 	for _, v := range p.vertices {
 		if strings.HasPrefix(v.Name, "docker-image://") || strings.HasPrefix(v.Name, "importing cache manifest") {
 			continue
 		}
-		if !v.Cached && v.Completed != nil && v.Error == "" {
+		if !v.Cached && v.Completed && v.Error == "" {
 			out = append(out, v.Name)
 		}
 	}
@@ -249,7 +179,8 @@ func (p *Progress) Uncached() []string {
 // it fails the test when no step has that name.
 func (p *Progress) Cached(t *testing.T, name string) bool {
 	t.Helper()
-	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	for _, v := range p.vertices {
 		if strings.Contains(v.Name, name) {
 			return v.Cached
