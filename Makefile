@@ -1,94 +1,107 @@
-# BuildKit v0.34.2 with our cache/remotecache/local swapped in.
+# BuildKit with lazy local cache import.
 #
-#   make build   bin/buildkitd, bin/buildctl (upstream's commands, our package)
-#   make test    vet, unit tests, integration tests on a real buildkitd
-#   make demo    the eager vs lazy rebuild, end to end
+#   make build           build/buildkit: upstream's source at the pin with our
+#                        series applied (hack/tree); bin/buildkitd and
+#                        bin/buildctl built from it
+#   make test            everything below, on a real buildkitd with runc
+#   make upstream-patch  dist/patches/: git format-patch of our series in
+#                        build/buildkit, what we send upstream
+#   make demo, bench     eager vs lazy rebuilds (hack/bench)
 #
-# Packages we own replace upstream's at the same import path. `go mod vendor`
-# lays upstream's source out under vendor/ (generated, ignored), and
-# hack/overlay maps our files over the vendored ones for `go build -overlay`.
+# The repository keeps only what we wrote: our files at upstream's paths,
+# *.diff files for the upstream files we edit, and series/, which says
+# which of them make each commit. Every Go test of the patch runs inside
+# build/buildkit, the tree the patch is made from.
 
 SHELL := /bin/bash
-UPSTREAM := github.com/moby/buildkit
-UPSTREAM_VERSION := $(shell go list -mod=mod -m -f '{{.Version}}' $(UPSTREAM))
-OWNED := cache/remotecache/local
+BUILDKIT_VERSION := v0.34.2
+export BUILDKIT_VERSION
+TREE := build/buildkit
+MIRROR := $(CURDIR)/build/mirror
+PKG := github.com/moby/buildkit
 BUILD_NUMBER := $(shell git rev-list --count HEAD 2>/dev/null || echo 0)
 REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-VERSION := $(UPSTREAM_VERSION)+lazylocal.$(BUILD_NUMBER)
-LDFLAGS := -X $(UPSTREAM)/version.Version=$(VERSION) \
-	-X $(UPSTREAM)/version.Revision=$(REVISION) \
-	-X $(UPSTREAM)/version.Package=$(UPSTREAM)
+VERSION := $(BUILDKIT_VERSION)+lazylocal.$(BUILD_NUMBER)
+LDFLAGS := -X $(PKG)/version.Version=$(VERSION) \
+	-X $(PKG)/version.Revision=$(REVISION) \
+	-X $(PKG)/version.Package=$(PKG)
 
 # Our binaries first, then Debian's docker-registry under the name the
 # integration framework looks for (bin/registry).
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: build deps vendor test test-unit test-integration test-patch upstream-patch vet demo clean
+.PHONY: tree build deps mirror vet test test-unit test-integration test-series upstream-patch clean
 
-build: vendor
+tree:
+	@hack/tree $(TREE)
+
+# Static, as upstream's release binaries.
+build: tree
 	@mkdir -p bin
-	go run -mod=mod ./hack/overlay -root . -o bin/overlay.json $(OWNED)
-	go build -mod=vendor -overlay bin/overlay.json -ldflags "$(LDFLAGS)" \
-		-o bin/ $(UPSTREAM)/cmd/buildkitd $(UPSTREAM)/cmd/buildctl
+	cd $(TREE) && CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(CURDIR)/bin/ ./cmd/buildkitd ./cmd/buildctl
 	@bin/buildkitd --version
-
-vendor:
-	go mod vendor
 
 deps:
 	@hack/install-deps
 	@mkdir -p bin
 	@ln -sf "$$(command -v docker-registry)" bin/registry
 
-vet:
-	go vet -mod=mod ./...
-	cd hack/bench && go vet ./...
+# Offline stand-ins for the images upstream's integration tests mirror
+# (busybox:latest, ...), in the registry directory the framework reads
+# (BUILDKIT_REGISTRY_MIRROR_DIR).
+mirror: deps
+	cd hack/testimages && go run . -dir $(MIRROR)
+
+vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
+	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
+	cd $(TREE) && go vet -lostcancel=false ./cache/remotecache/local/ ./util/testutil/cachetest/
+	for m in hack/bench hack/testimages daemonless; do (cd $$m && go vet ./...) || exit 1; done
 
-test-unit: test-bench-tools
-	go test -mod=mod -count=1 ./cache/... ./hack/overlay/... ./util/...
+# Unit tests of the packages the series touches, in the tree, and of our
+# tools.
+test-unit: tree
+	cd $(TREE) && go test -count=1 ./cache/remotecache/local/
+	cd $(TREE) && go test -count=1 -skip '^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$' ./client/
+	for m in hack/bench hack/testimages; do (cd $$m && go test -count=1 ./...) || exit 1; done
 
-# Integration tests start bin/buildkitd (first in PATH) with the runc worker
-# through upstream's util/testutil/integration, one daemon per test.
-test-integration: deps build
-	go test -mod=mod -count=1 -timeout 30m ./client/... ./frontend/...
+# Our integration tests and upstream's client Cache tests
+# (hack/upstream-cache-tests.txt), in the tree, on bin/buildkitd with the
+# runc worker; a skipped test fails the run.
+test-integration: deps build mirror
+	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-integration $(TREE)
 
-# The patch for upstream: dist/lazy-local-cache.patch, and a check that it
-# still applies and compiles against upstream at the pin.
-upstream-patch:
-	hack/upstream-patch dist/lazy-local-cache.patch
+# The series as git format-patch writes it, and a check that it applies to
+# upstream's source at the pin with git am, gives the tree we test, and
+# builds and passes its unit tests at every commit.
+upstream-patch: tree
+	@rm -rf dist/patches
+	git -C $(TREE) format-patch -q -o $(CURDIR)/dist/patches upstream..HEAD
+	@ls dist/patches
 
-test-patch: vendor
-	hack/test-upstream-patch
+test-series: upstream-patch
+	hack/test-series $(TREE) dist/patches
 
-test: deps vet test-unit build test-integration test-patch test-wrapper test-buildx
+test: deps vet test-unit build test-integration test-series test-wrapper test-buildx
 
 clean:
-	rm -rf bin vendor dist
+	rm -rf bin build dist
 
 # demo and benchmark
 #
 #   make demo                                 eager vs lazy rebuilds, one table
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
-#   make test-bench-tools                     vet and unit tests of the tools
-#
-# hack/bench is a module of its own (plotting pulls in gonum): the tools run
-# from there and find bin/, examples/ and docs/ by walking up to this
-# Makefile and .git (or take -repo).
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
-.PHONY: bench test-bench-tools
+.PHONY: demo bench
 
 demo: deps build
 	cd hack/bench && go run ./cmd/demo $(DEMO_FLAGS)
 
 bench: deps build
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
-
-test-bench-tools:
-	cd hack/bench && go vet ./... && go test -count=1 ./...
 
 # daemonless wrapper
 #
@@ -98,7 +111,7 @@ test-bench-tools:
 #                       the test creates (run as root)
 
 PREFIX ?= /usr/local
-WRAPPER := examples/buildctl-daemonless/buildctl-daemonless.sh
+WRAPPER := daemonless/buildctl-daemonless.sh
 
 .PHONY: install test-wrapper
 
@@ -109,8 +122,8 @@ install:
 	install -d "$(DESTDIR)$(PREFIX)/bin"
 	install -m 0755 bin/buildkitd bin/buildctl $(WRAPPER) "$(DESTDIR)$(PREFIX)/bin/"
 
-test-wrapper:
-	go test -mod=mod -count=1 -v -timeout 20m ./examples/buildctl-daemonless/
+test-wrapper: deps build
+	cd daemonless && go test -count=1 -v -timeout 20m ./...
 
 # buildx passthrough
 #
@@ -119,7 +132,7 @@ test-wrapper:
 #                      against fresh bin/buildkitd daemons (run as root)
 #
 # hack/buildx is a module of its own: buildx is a test tool there, never part
-# of the root module, its ./... or the binaries we ship.
+# of the binaries we ship.
 BUILDX_VERSION = $(shell cd hack/buildx && go list -m -f '{{.Version}}' github.com/docker/buildx)
 
 .PHONY: test-buildx

@@ -55,11 +55,11 @@ func requireTools(t *testing.T) tools {
 	if os.Geteuid() != 0 {
 		t.Fatalf("these tests run buildkitd and create a user: run them as root (sudo make test-wrapper)")
 	}
-	repo, err := filepath.Abs(filepath.Join("..", ".."))
+	repo, err := filepath.Abs("..")
 	require.NoError(t, err)
 	tl := tools{
 		repo:      repo,
-		wrapper:   filepath.Join(repo, "examples", "buildctl-daemonless", wrapperName),
+		wrapper:   filepath.Join(repo, "daemonless", wrapperName),
 		buildkitd: filepath.Join(repo, "bin", "buildkitd"),
 		buildctl:  filepath.Join(repo, "bin", "buildctl"),
 	}

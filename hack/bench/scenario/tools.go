@@ -14,7 +14,7 @@ import (
 )
 
 // WrapperPath is where the daemonless wrapper lives in this repository.
-const WrapperPath = "examples/buildctl-daemonless/buildctl-daemonless.sh"
+const WrapperPath = "daemonless/buildctl-daemonless.sh"
 
 // Tools are the executables a scenario runs, as absolute paths.
 type Tools struct {
