@@ -43,9 +43,9 @@ func symlink(path, target string) entry {
 	return entry{path: path, mode: fs.ModeSymlink | 0777, linkname: target}
 }
 
-// layer is a built layer: the digest of its tar goes into the image config,
-// its gzip blob is what the registry stores (the tar itself for a foreign
-// layer).
+// layer is a built layer: the digest of its tar goes into the image config;
+// the registry stores its gzip blob, or the tar itself for an uncompressed
+// image.
 type layer struct {
 	diffID digest.Digest
 	tar    []byte
@@ -110,12 +110,14 @@ type image struct {
 	name   string
 	config ocispecs.ImageConfig
 	layers []layer
-	// foreign marks, by index, layers stored as uncompressed Docker foreign
+	// foreign marks, by index, layers stored as Docker foreign
 	// (non-distributable) layers whose descriptors carry these URLs.
 	foreign map[int][]string
 	// docker selects Docker schema2 media types instead of OCI ones; a
 	// foreign layer only exists in the Docker media types.
 	docker bool
+	// uncompressed stores layers as plain tars.
+	uncompressed bool
 }
 
 // write stores the image's blobs, config and manifest in a new buffer and
@@ -152,8 +154,17 @@ func (img image) write(ctx context.Context) (contentutil.Buffer, ocispecs.Descri
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, l.diffID)
 		cfg.History = append(cfg.History, ocispecs.History{Created: &created, CreatedBy: "hack/testimages"})
 		mt, blob := mtLayer, l.gzip
+		if img.uncompressed {
+			mt, blob = ocispecs.MediaTypeImageLayer, l.tar
+			if img.docker {
+				mt = images.MediaTypeDockerSchema2Layer
+			}
+		}
 		if _, ok := img.foreign[i]; ok {
-			mt, blob = images.MediaTypeDockerSchema2LayerForeign, l.tar
+			mt = images.MediaTypeDockerSchema2LayerForeign
+			if !img.uncompressed {
+				mt = images.MediaTypeDockerSchema2LayerForeignGzip
+			}
 		}
 		desc, err := put(mt, blob)
 		if err != nil {

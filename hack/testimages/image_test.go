@@ -76,6 +76,7 @@ func TestImageWrite(t *testing.T) {
 		img        image
 		mediaTypes []string
 		urls       [][]string
+		blobs      [][]byte // layer blobs, when they must be the plain tars
 	}{
 		{
 			name:       "nolayers",
@@ -92,8 +93,15 @@ func TestImageWrite(t *testing.T) {
 		{
 			name:       "foreign",
 			img:        image{name: "test:foreign", layers: []layer{l, l}, foreign: map[int][]string{0: {foreignURL}}, docker: true},
-			mediaTypes: []string{images.MediaTypeDockerSchema2LayerForeign, images.MediaTypeDockerSchema2LayerGzip},
+			mediaTypes: []string{images.MediaTypeDockerSchema2LayerForeignGzip, images.MediaTypeDockerSchema2LayerGzip},
 			urls:       [][]string{{foreignURL}, nil},
+		},
+		{
+			name:       "foreign-uncompressed",
+			img:        image{name: "test:foreign", layers: []layer{l, l}, foreign: map[int][]string{0: {foreignURL}}, docker: true, uncompressed: true},
+			mediaTypes: []string{images.MediaTypeDockerSchema2LayerForeign, images.MediaTypeDockerSchema2Layer},
+			urls:       [][]string{{foreignURL}, nil},
+			blobs:      [][]byte{l.tar, l.tar},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -117,6 +125,11 @@ func TestImageWrite(t *testing.T) {
 			}
 			require.Equal(t, tc.mediaTypes, mediaTypes)
 			require.Equal(t, tc.urls, urls)
+			for i, want := range tc.blobs {
+				dt, err := content.ReadBlob(ctx, buf, mfst.Layers[i])
+				require.NoError(t, err)
+				require.Equal(t, want, dt)
+			}
 
 			var cfg ocispecs.Image
 			dt, err = content.ReadBlob(ctx, buf, mfst.Config)

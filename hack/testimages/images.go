@@ -15,9 +15,15 @@ import (
 const defaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // foreignURL is where the foreign layer claims to live. Nothing listens
-// there: a build that must fetch the layer fails offline, as it would with
-// the real image's external URL.
+// there; the blob is pushed to the mirror as well, and upstream's
+// testBuildExportWithForeignLayer passes offline with both.
 const foreignURL = "http://127.0.0.1:9/buildkit-foreign/layer.tar"
+
+// apkStub stands in for alpine's package manager, which needs the network.
+const apkStub = `#!/bin/sh
+echo "apk: not available in the offline alpine stand-in (hack/testimages)" >&2
+exit 1
+`
 
 // The user database of the official busybox image.
 const (
@@ -61,8 +67,11 @@ func standIns(busyboxPath string) ([]image, error) {
 	if err != nil {
 		return nil, err
 	}
-	// No musl, no apk: tests that install packages fail against it.
+	// No musl and no package manager: /sbin/apk is there because tests tell
+	// an alpine mount from a busybox one by it (client_mount_test.go
+	// testRunCacheWithMounts), and it fails loudly when run.
 	alpine, err := buildLayer(append(bb,
+		file("sbin/apk", 0755, []byte(apkStub)),
 		file("etc/alpine-release", 0644, []byte("3.18.0\n")),
 		file("etc/os-release", 0644, []byte(`NAME="Alpine Linux (busybox stand-in, no apk)"
 ID=alpine
@@ -94,13 +103,14 @@ VERSION_ID=3.18.0
 		// client_fileop_test.go: an image with no layers at all.
 		{name: "tonistiigi/test:nolayers", config: ocispecs.ImageConfig{Env: []string{defaultPath}}},
 		// client_export_image_test.go testBuildExportWithForeignLayer: two
-		// layers, the first a Docker foreign layer with one URL.
+		// uncompressed Docker layers, the first a foreign layer with one URL.
 		{
-			name:    "cpuguy83/buildkit-foreign:latest",
-			layers:  []layer{foreign, regular},
-			config:  ocispecs.ImageConfig{Env: []string{defaultPath}},
-			foreign: map[int][]string{0: {foreignURL}},
-			docker:  true,
+			name:         "cpuguy83/buildkit-foreign:latest",
+			layers:       []layer{foreign, regular},
+			config:       ocispecs.ImageConfig{Env: []string{defaultPath}},
+			foreign:      map[int][]string{0: {foreignURL}},
+			docker:       true,
+			uncompressed: true,
 		},
 	}, nil
 }

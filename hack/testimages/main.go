@@ -25,14 +25,17 @@ import (
 	"github.com/moby/buildkit/util/contentutil"
 	"github.com/moby/buildkit/util/testutil/integration"
 	"github.com/pkg/errors"
+	"github.com/sirupsen/logrus"
 )
 
 func main() {
 	dir := flag.String("dir", "", "registry storage directory to fill (BUILDKIT_REGISTRY_MIRROR_DIR)")
 	busybox := flag.String("busybox", "/bin/busybox", "statically linked busybox binary to build the images from")
 	flag.Parse()
+	// The resolver logs every 404 of the first run at info level.
+	logrus.SetLevel(logrus.WarnLevel)
 	if err := run(context.Background(), *dir, *busybox); err != nil {
-		fmt.Fprintf(os.Stderr, "testimages: %+v\n", err)
+		fmt.Fprintf(os.Stderr, "testimages: %v\n", err)
 		os.Exit(1)
 	}
 }
