@@ -461,12 +461,12 @@ func testLazyLocalCacheRoundTrip(t *testing.T, sb integration.Sandbox) {
 func testLazyLocalCacheInvalidAttr(t *testing.T, sb integration.Sandbox) {
 	s := newScenario(t, sb)
 	s.seed(t, s.built, nil)
-	ch, progress := watchProgress()
+	ch, p, wait := watchProgress()
 	_, err := s.c.Solve(sb.Context(), marshal(t, sb, s.built), SolveOpt{
 		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "maybe"}}},
 	}, ch)
 	require.NoError(t, err)
-	p := progress()
+	wait()
 	errs := p.ImportErrors()
 	require.Len(t, errs, 1)
 	require.Contains(t, errs[0], `failed to configure local cache importer: failed to parse lazy: strconv.ParseBool: parsing "maybe": invalid syntax`)
@@ -510,13 +510,13 @@ func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
 	// A build that needs the missing layer runs its step again.
 	ensurePruneAll(t, s.c, sb)
 	out := t.TempDir()
-	ch, progress := watchProgress()
+	ch, p, wait := watchProgress()
 	_, err = s.c.Solve(sb.Context(), marshal(t, sb, base), SolveOpt{
 		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": s.dir, "lazy": "true"}}},
 		Exports:      []ExportEntry{{Type: ExporterLocal, OutputDir: out}},
 	}, ch)
 	require.NoError(t, err)
-	p := progress()
+	wait()
 	require.Contains(t, p.Uncached(), "detection run")
 	got, err := os.ReadFile(filepath.Join(out, "detection-file"))
 	require.NoError(t, err)
@@ -606,7 +606,7 @@ func (o importOpts) solveOpt(t *testing.T) SolveOpt {
 // says, and returns what the client saw of its progress.
 func buildWithImport(ctx context.Context, t *testing.T, c *Client, def *llb.Definition, o importOpts) (*cachetest.Progress, error) {
 	t.Helper()
-	ch, progress := watchProgress()
+	ch, p, wait := watchProgress()
 	_, err := c.Build(ctx, o.solveOpt(t), "lazy-local-cache-test", func(ctx context.Context, gc gw.Client) (*gw.Result, error) {
 		return gc.Solve(ctx, gw.SolveRequest{
 			Definition:   def.ToPB(),
@@ -614,12 +614,13 @@ func buildWithImport(ctx context.Context, t *testing.T, c *Client, def *llb.Defi
 			Evaluate:     true,
 		})
 	}, ch)
-	return progress(), err
+	wait()
+	return p, err
 }
 
-// watchProgress returns a status channel for a solve, and a function that
-// returns what the statuses said once the solve has closed the channel.
-func watchProgress() (chan *SolveStatus, func() *cachetest.Progress) {
+// watchProgress returns a status channel for a solve, the Progress it
+// feeds, and a function that waits until the solve has closed the channel.
+func watchProgress() (chan *SolveStatus, *cachetest.Progress, func()) {
 	ch := make(chan *SolveStatus)
 	p := cachetest.NewProgress()
 	done := make(chan struct{})
@@ -634,8 +635,5 @@ func watchProgress() (chan *SolveStatus, func() *cachetest.Progress) {
 			}
 		}
 	}()
-	return ch, func() *cachetest.Progress {
-		<-done
-		return p
-	}
+	return ch, p, func() { <-done }
 }

@@ -56,7 +56,8 @@ nobody:x:65534:
 )
 
 // standIns returns the images that upstream's client integration tests
-// mirror (client_test.go testIntegration and TestClientGatewayIntegration),
+// mirror (client_test.go testIntegration and TestClientGatewayIntegration,
+// frontend/dockerfile/dockerfile_test.go),
 // built from the busybox binary at busyboxPath.
 func standIns(busyboxPath string) ([]image, error) {
 	bb, err := busyboxEntries(busyboxPath)
@@ -100,6 +101,10 @@ VERSION_ID=3.18.0
 	return []image{
 		{name: "library/busybox:latest", layers: []layer{busybox}, config: withCmd(shell, "sh")},
 		{name: "library/alpine:latest", layers: []layer{alpine}, config: withCmd(shell, "/bin/sh")},
+		// frontend/dockerfile's tests mirror it besides busybox:latest and
+		// alpine:latest; Debian's busybox-static is not musl, but the tests
+		// that run here only need a busybox.
+		{name: "library/busybox:stable-musl", layers: []layer{busybox}, config: withCmd(shell, "sh")},
 		// client_fileop_test.go: an image with no layers at all.
 		{name: "tonistiigi/test:nolayers", config: ocispecs.ImageConfig{Env: []string{defaultPath}}},
 		// client_export_image_test.go testBuildExportWithForeignLayer: two

@@ -322,6 +322,14 @@ func TestLazyReadCorruptLeavesNoIngest(t *testing.T) {
 	b := startSession(t, sm, serving(c))
 	provider := p.ProviderForSession(session.NewGroup(b.ID()))
 
+	// Another build fetching the same blob under another ref (another
+	// media type) must keep its ingest.
+	other, err := content.OpenWriter(t.Context(), daemon, content.WithRef("other-fetch"), content.WithDescriptor(desc))
+	require.NoError(t, err)
+	_, err = other.Write(data[:1<<20])
+	require.NoError(t, err)
+	require.NoError(t, other.Close())
+
 	bad := bytes.Clone(data)
 	bad[len(bad)/2] ^= 0xff
 	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), bad, 0o644))
@@ -329,7 +337,10 @@ func TestLazyReadCorruptLeavesNoIngest(t *testing.T) {
 	require.ErrorContains(t, err, "blob "+desc.Digest.String()+" is corrupt")
 	statuses, err := daemon.ListStatuses(t.Context())
 	require.NoError(t, err)
-	require.Empty(t, statuses, "no partial ingest is left")
+	require.Len(t, statuses, 1, "no partial ingest of the failed fetch is left")
+	require.Equal(t, "other-fetch", statuses[0].Ref)
+	require.Equal(t, int64(1<<20), statuses[0].Offset)
+	require.NoError(t, daemon.Abort(t.Context(), "other-fetch"))
 
 	require.NoError(t, os.WriteFile(c.blobPath(desc.Digest), data, 0o644))
 	require.NoError(t, contentutil.Copy(t.Context(), daemon, provider, desc, "", nil))

@@ -8,11 +8,11 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/remotes"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/buildkit/session"
 	sessioncontent "github.com/moby/buildkit/session/content"
 	"github.com/moby/buildkit/util/bklog"
-	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
 )
@@ -44,13 +44,12 @@ type cacheProvider struct {
 	bound session.Group
 	// ingests is the content store of the worker the cache was resolved
 	// for, which lazy reads are fetched into.
-	ingests ingestManager
+	ingests ingestAborter
 }
 
-// ingestManager is the part of the daemon's content store that cleans up
+// ingestAborter is the part of the daemon's content store that cleans up
 // after a failed fetch.
-type ingestManager interface {
-	ListStatuses(ctx context.Context, filters ...string) ([]content.Status, error)
+type ingestAborter interface {
 	Abort(ctx context.Context, ref string) error
 }
 
@@ -82,30 +81,23 @@ func (p *cacheProvider) ReaderAt(ctx context.Context, desc ocispecs.Descriptor) 
 		return nil, err
 	}
 	return newVerifiedReaderAt(r, desc, "local cache "+p.src, func() {
-		p.abortIngests(context.WithoutCancel(ctx), desc.Digest)
+		p.abortFetch(context.WithoutCancel(ctx), desc)
 	}), nil
 }
 
-// abortIngests drops the daemon's partial copies of dgst, so that a fetch
-// that failed verification leaves nothing behind to resume or commit.
-func (p *cacheProvider) abortIngests(ctx context.Context, dgst digest.Digest) {
+// abortFetch drops the daemon's partial copy of desc left by the fetch that
+// is reading it, so that a fetch that failed verification leaves nothing to
+// resume or commit. That fetch (remotes.Fetch, through contentutil.Copy)
+// writes under remotes.MakeRefKey of the descriptor with the payload types
+// it registered in ctx, and holds that ref while it reads: no other fetch's
+// ingest is touched, not even one of the same blob under another ref.
+func (p *cacheProvider) abortFetch(ctx context.Context, desc ocispecs.Descriptor) {
 	if p.ingests == nil {
 		return
 	}
-	statuses, err := p.ingests.ListStatuses(ctx)
-	if err != nil {
-		bklog.G(ctx).WithError(err).Warnf("local cache %s: listing ingests of corrupt blob %s", p.src, dgst)
-		return
-	}
-	for _, st := range statuses {
-		// The daemon's metadata store records the expected digest; a
-		// plain store does not, but fetch refs end with the digest
-		// (remotes.MakeRefKey).
-		if st.Expected == dgst || strings.HasSuffix(st.Ref, dgst.String()) {
-			if err := p.ingests.Abort(ctx, st.Ref); err != nil && !cerrdefs.IsNotFound(err) {
-				bklog.G(ctx).WithError(err).Warnf("local cache %s: aborting ingest %s of corrupt blob %s", p.src, st.Ref, dgst)
-			}
-		}
+	ref := remotes.MakeRefKey(ctx, desc)
+	if err := p.ingests.Abort(ctx, ref); err != nil && !cerrdefs.IsNotFound(err) {
+		bklog.G(ctx).WithError(err).Warnf("local cache %s: aborting ingest %s of corrupt blob %s", p.src, ref, desc.Digest)
 	}
 }
 

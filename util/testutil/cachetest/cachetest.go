@@ -119,10 +119,15 @@ func NewProgress() *Progress {
 	return &Progress{extracting: map[digest.Digest]struct{}{}, vertices: map[string]Vertex{}}
 }
 
-// AddVertex records the latest state of the step with the given digest.
+// AddVertex records the latest state of the step with the given digest. A
+// step reported cached stays cached: pulling a lazily imported layer of a
+// cached step reports the step again, without the flag.
 func (p *Progress) AddVertex(dgst string, v Vertex) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if prev, ok := p.vertices[dgst]; ok && prev.Cached {
+		v.Cached = true
+	}
 	p.vertices[dgst] = v
 }
 
