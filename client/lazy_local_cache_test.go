@@ -380,7 +380,8 @@ func testLazyLocalCacheSessionRebind(t *testing.T, sb integration.Sandbox) {
 	require.NoError(t, err)
 }
 
-// B imports nothing: it may run the step again or fail with our error, but
+// B imports nothing: it may run the step again or fail with the importer's
+// error, but
 // never hang and never fail with gRPC's "the client connection is closing".
 func testLazyLocalCacheSessionGone(t *testing.T, sb integration.Sandbox) {
 	_, err := runAThenB(t, sb, false)
@@ -474,8 +475,8 @@ func testLazyLocalCacheInvalidAttr(t *testing.T, sb integration.Sandbox) {
 }
 
 // A layer blob deleted from the cache directory after export: lazy import
-// stays best effort, as upstream's eager import is (upstream's
-// testCacheExportCacheDeletedContent): the build succeeds, the step whose
+// stays best effort, as eager import is (testCacheExportCacheDeletedContent):
+// the build succeeds, the step whose
 // layer is gone runs again where it is needed, and a new mode=max export
 // references no missing blob.
 func testLazyLocalCacheDeletedBlob(t *testing.T, sb integration.Sandbox) {
@@ -534,7 +535,7 @@ func testLazyLocalCacheCorruptBlob(t *testing.T, sb integration.Sandbox) {
 	st := s.built.Run(llb.Args([]string{"/bin/sh", "-c", "cp /sum /out-sum"}), llb.IgnoreCache).Root()
 	def := marshal(t, sb, st)
 
-	// The last layer in the manifest is one of ours; flip its bytes in the
+	// The last layer in the manifest is a generated one; flip its bytes in the
 	// middle of the compressed stream, keeping the size.
 	victim := cachetest.BlobPath(s.dir, s.mfst.Layers[len(s.mfst.Layers)-1].Digest)
 	orig, err := os.ReadFile(victim)

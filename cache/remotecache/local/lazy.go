@@ -93,7 +93,7 @@ func resolveLazyImporter(ctx context.Context, sm *session.Manager, g session.Gro
 	return &lazyImporter{p: p}, desc, nil
 }
 
-// lazyImporter is the upstream importer reading through a cacheProvider
+// lazyImporter is remotecache's importer reading through a cacheProvider
 // that knows the content store of the worker it resolves for: a lazy read
 // that fails verification drops its partial copy there.
 type lazyImporter struct {

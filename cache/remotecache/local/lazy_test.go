@@ -144,7 +144,7 @@ func TestResolveImporterLazyAttr(t *testing.T) {
 	}
 }
 
-// Without lazy, resolving stays upstream's: the first session of the group
+// Without lazy, resolving is unchanged: the first session of the group
 // is used as is, and the exporter does not probe it.
 func TestResolveWithoutLazyIsUpstreams(t *testing.T) {
 	sm := newManager(t)
@@ -154,7 +154,7 @@ func TestResolveWithoutLazyIsUpstreams(t *testing.T) {
 	g := session.NewGroup(noContent.ID(), good.ID())
 
 	_, err := ResolveCacheExporterFunc(sm)(t.Context(), session.NewGroup(noContent.ID()), map[string]string{attrDest: "/not/served"})
-	require.NoError(t, err, "the exporter fails when it writes, as upstream's, not while it is configured")
+	require.NoError(t, err, "the exporter fails when it writes, not while it is configured")
 
 	_, _, err = ResolveCacheImporterFunc(sm)(t.Context(), g, c.attrs())
 	require.Error(t, err, "eager import asks the first session only")
@@ -278,7 +278,7 @@ func TestLazyReadSessionClosesBetweenInfoAndRead(t *testing.T) {
 	require.Equal(t, c.data[desc.Digest], buf[:n])
 	require.Equal(t, second.ID(), sessionOf(ra))
 
-	// With no session left, the error is ours, not gRPC's.
+	// With no session left, the error says what to do, not gRPC's.
 	only := startSession(t, sm, serving(c))
 	ra2, err := p.ProviderForSession(session.NewGroup(only.ID())).ReaderAt(t.Context(), desc)
 	require.NoError(t, err)

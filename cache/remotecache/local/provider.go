@@ -173,7 +173,8 @@ func (p *cacheProvider) openBlob(ctx context.Context, desc ocispecs.Descriptor, 
 // failoverReaderAt reads one blob through a session that serves the cache
 // directory. If that session closes mid-read it reopens the blob through
 // another one, so a client going away between Info and ReadAt surfaces as
-// our error, not as gRPC's "the client connection is closing".
+// an error that says what to do, not as gRPC's "the client connection is
+// closing".
 type failoverReaderAt struct {
 	p    *cacheProvider
 	ctx  context.Context
