@@ -125,3 +125,9 @@ func TestExpected(t *testing.T) {
 		}
 	}
 }
+
+func TestUnstamp(t *testing.T) {
+	log := "[    1.250] #1 DONE 0.0s\n[   12.000] error: failed to solve: x\n"
+	require.Equal(t, "#1 DONE 0.0s\nerror: failed to solve: x\n", unstamp(log))
+	require.Equal(t, "error: failed to solve: x", ErrorText(unstamp(log)))
+}

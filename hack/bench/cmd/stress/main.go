@@ -24,7 +24,7 @@ import (
 
 func main() {
 	builds := flag.Int("builds", 6, "concurrent builds per round, spread over two daemons (at least 6)")
-	rounds := flag.Int("rounds", 3, "rounds of concurrent builds")
+	rounds := flag.Int("rounds", 5, "rounds of concurrent builds")
 	sizeMB := flag.Int("size", 4, "compressed size of the generated base image, in MB")
 	timeout := flag.Duration("timeout", 3*time.Minute, "time one build may take before it counts as a hang")
 	stagger := flag.Duration("stagger", 400*time.Millisecond, "delay between the starts of a round's builds")
@@ -110,6 +110,7 @@ type runner struct {
 	daemons [2]*scenario.Daemon
 	cache   string
 	prune   *os.File
+	start   time.Time // the clock of the logs' timestamps
 }
 
 func run(ctx context.Context, repo, workDir string, cfg config) (err error) {
@@ -128,7 +129,7 @@ func run(ctx context.Context, repo, workDir string, cfg config) (err error) {
 		}
 		s.Close()
 	}()
-	r := &runner{cfg: cfg, s: s, cache: filepath.Join(s.Dir, "cache")}
+	r := &runner{cfg: cfg, s: s, cache: filepath.Join(s.Dir, "cache"), start: start}
 	if r.base, err = scenario.MakeBase(ctx, tools, s.Registry, s.Config, s.Dir, "base", cfg.size, s.Logf); err != nil {
 		return err
 	}
@@ -259,6 +260,11 @@ func (r *runner) round(ctx context.Context, n int) ([]*job, error) {
 			parts = append(parts, fmt.Sprintf("%s %d", k, counts[k]))
 		}
 	}
+	if nested, _ := filepath.Glob(filepath.Join(r.cache, filepath.Base(r.cache)+"-new-*")); len(nested) > 0 {
+		// mv DIR-new DIR when DIR exists (made again by a build that
+		// attached it, or another rotation) moves DIR-new into it.
+		parts = append(parts, fmt.Sprintf("%d DIR-new moved inside DIR by mv", len(nested)))
+	}
 	r.s.Logf("round %d: %s", n, strings.Join(parts, ", "))
 	if len(crashed) > 0 {
 		return jobs, errors.New(strings.Join(crashed, "; "))
@@ -306,17 +312,28 @@ func (r *runner) runBuild(ctx context.Context, j *job, importAttrs string) error
 		return errors.WithStack(err)
 	}
 	defer logf.Close()
+	stamped, wait, err := stampedWriter(logf, r.start)
+	if err != nil {
+		return err
+	}
 	p := &scenario.Project{Dir: ctxDir}
 	bctx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
 	defer cancel()
 	start := time.Now()
-	berr := r.daemons[j.daemon].Buildctl(bctx, logf, p.Args(cache, "type=local,dest="+out)...)
+	fmt.Fprintf(stamped, "buildctl %s\n", strings.Join(p.Args(cache, "type=local,dest="+out), " "))
+	berr := r.daemons[j.daemon].Buildctl(bctx, stamped, p.Args(cache, "type=local,dest="+out)...)
 	j.took = time.Since(start)
+	if j.role == roleRotate && berr == nil && bctx.Err() == nil {
+		// right after the build, as a CI job's next step
+		j.rotation = rotate(ctx, r.cache, newDir, stamped)
+	}
+	wait()
 	b, err := os.ReadFile(j.log())
 	if err != nil {
 		return errors.WithStack(err)
 	}
-	j.skipped = strings.Contains(string(b), "cache store is in use, skipping cleanup")
+	log := unstamp(string(b))
+	j.skipped = strings.Contains(log, "cache store is in use, skipping cleanup")
 	switch {
 	case ctx.Err() != nil:
 		return ctx.Err()
@@ -324,7 +341,7 @@ func (r *runner) runBuild(ctx context.Context, j *job, importAttrs string) error
 		j.kind, j.err = KindTimeout, fmt.Sprintf("no result after %s: a hang", r.cfg.timeout)
 		return nil
 	case berr != nil:
-		j.err = ErrorText(string(b))
+		j.err = ErrorText(log)
 		exportDir := ""
 		if j.role == roleReset {
 			exportDir = r.cache
@@ -340,9 +357,6 @@ func (r *runner) runBuild(ctx context.Context, j *job, importAttrs string) error
 		return nil
 	}
 	j.kind = KindOK
-	if j.role == roleRotate {
-		j.rotation = rotate(ctx, r.cache, newDir, logf)
-	}
 	return nil
 }
 
@@ -351,7 +365,10 @@ func (r *runner) runBuild(ctx context.Context, j *job, importAttrs string) error
 func rotate(ctx context.Context, dir, newDir string, log *os.File) string {
 	cmd := exec.CommandContext(ctx, "sh", "-c", `rm -rf "$1" && mv "$2" "$1"`, "sh", dir, newDir)
 	out, err := cmd.CombinedOutput()
-	fmt.Fprintf(log, "rotation: rm -rf %s && mv %s %s: %v\n%s", dir, newDir, dir, err, out)
+	fmt.Fprintf(log, "rotation: rm -rf %s && mv %s %s: %v\n", dir, newDir, dir, err)
+	if len(out) > 0 {
+		fmt.Fprintf(log, "%s\n", strings.TrimSpace(string(out)))
+	}
 	if err != nil {
 		return fmt.Sprintf("%v: %s", err, strings.TrimSpace(string(out)))
 	}
@@ -360,25 +377,28 @@ func rotate(ctx context.Context, dir, newDir string, log *os.File) string {
 
 // dockerfile is build j's Dockerfile. Stages common0 and common1 are the
 // same in every build, so after the seed they are cached unless the
-// directory lost them, and their layers stay blob-only until a COPY --from
-// mounts them: after stage job's RUN, which sleeps, so that other builds
-// export and rotate first. A build uses one of them (the seed both), so a
-// rotation by a build of one variant drops the other's layer from the
-// directory while builds of the other variant may still be about to read
-// it. Stage job is new in every build: it mounts the base and reads every
-// file of it.
+// directory lost them. The final stage is one of them (the seed's copies
+// the other in) with stage job's files added by COPY --link, which does not
+// mount its parent: the common stage's layers stay blob-only until the
+// local exporter reads the final image, after stage job's RUN, which
+// sleeps, so that other builds export and rotate first. A build uses one
+// variant, so a rotation by a build of one variant drops the other's layer
+// from the directory while builds of the other variant may still have to
+// read it. Stage job is new in every build: it mounts the base and reads
+// every file of it.
 func dockerfile(baseRef string, j *job) string {
-	sleep := []string{"0.5", "1", "1.5", "2"}[j.index%4]
+	sleep := fmt.Sprintf("%.1f", 0.5+0.5*float64(j.index%6))
 	const sums = "find /opt/base /bin/busybox -type f -exec sha256sum {} +"
 	var b strings.Builder
 	for v := range 2 {
 		fmt.Fprintf(&b, "FROM %s AS common%d\nRUN mkdir /out && echo %d > /out/variant && %s > /out/common.sums\n\n", baseRef, v, v, sums)
 	}
-	fmt.Fprintf(&b, "FROM %s AS job\nRUN mkdir /out && echo \"round %d build %d\" > /out/stamp && %s > /out/job.sums && sleep %s\n",
+	fmt.Fprintf(&b, "FROM %s AS job\nRUN mkdir /out && echo \"round %d build %d\" > /out/stamp && %s > /out/job.sums && sleep %s\n\n",
 		baseRef, j.round, j.index, sums, sleep)
-	for _, v := range j.variants {
-		fmt.Fprintf(&b, "COPY --from=common%d /out/ /out/common%d/\n", v, v)
+	fmt.Fprintf(&b, "FROM common%d\n", j.variants[0])
+	for _, v := range j.variants[1:] {
+		fmt.Fprintf(&b, "COPY --link --from=common%d /out/ /common%d/\n", v, v)
 	}
-	b.WriteString("\nFROM scratch\nCOPY --from=job /out/ /\n")
+	b.WriteString("COPY --link --from=job /out/ /job/\n")
 	return b.String()
 }

@@ -34,23 +34,37 @@ func hashFiles(files map[string]string) (map[string]string, error) {
 	return want, nil
 }
 
-// checkOutput compares what build j exported with --output type=local to
-// what it must have computed: its stamp, and the checksums of every base
-// file as read by stage job (the base mounted in this build) and by the
-// common stages it copies from (layers imported lazily and mounted late).
+// checkOutput compares the image build j exported with --output type=local
+// to what it must hold: every file of the base with its content (read from
+// the lazily imported layers of the final stage), its stamp, and the
+// checksums of every base file as read by stage job (the base mounted by a
+// new step) and by the common stages (when the directory had them, as
+// imported; else as built again).
 func checkOutput(dir string, j *job, want map[string]string) error {
-	stamp, err := os.ReadFile(filepath.Join(dir, "stamp"))
+	got, err := hashFiles(rebase(dir, want))
+	if err != nil {
+		return err
+	}
+	for p, w := range want {
+		if got[filepath.Join(dir, p)] != w {
+			return errors.Errorf("%s%s has sha256 %s, want %s", dir, p, got[filepath.Join(dir, p)], w)
+		}
+	}
+	stamp, err := os.ReadFile(filepath.Join(dir, "job", "stamp"))
 	if err != nil {
 		return errors.WithStack(err)
 	}
 	if w := fmt.Sprintf("round %d build %d\n", j.round, j.index); string(stamp) != w {
-		return errors.Errorf("%s/stamp is %q, want %q", dir, stamp, w)
+		return errors.Errorf("%s/job/stamp is %q, want %q", dir, stamp, w)
 	}
-	if err := checkSums(filepath.Join(dir, "job.sums"), want); err != nil {
+	if err := checkSums(filepath.Join(dir, "job", "job.sums"), want); err != nil {
 		return err
 	}
-	for _, v := range j.variants {
-		sub := filepath.Join(dir, fmt.Sprintf("common%d", v))
+	for i, v := range j.variants {
+		sub := filepath.Join(dir, "out")
+		if i > 0 {
+			sub = filepath.Join(dir, fmt.Sprintf("common%d", v))
+		}
 		variant, err := os.ReadFile(filepath.Join(sub, "variant"))
 		if err != nil {
 			return errors.WithStack(err)
@@ -63,6 +77,15 @@ func checkOutput(dir string, j *job, want map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// rebase maps each path of files to itself under dir, for hashFiles.
+func rebase(dir string, files map[string]string) map[string]string {
+	out := make(map[string]string, len(files))
+	for p := range files {
+		out[filepath.Join(dir, p)] = filepath.Join(dir, p)
+	}
+	return out
 }
 
 // checkSums reads sha256sum's output in path and compares it to want,
