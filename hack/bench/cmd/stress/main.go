@@ -185,6 +185,11 @@ func run(ctx context.Context, repo, workDir string, cfg config) (err error) {
 	bad := 0
 	for _, jobs := range all {
 		for _, j := range jobs {
+			if j.rotation != "" && j.rotation != "ok" {
+				// What a CI job's rotation step would fail with: the
+				// users' race, not the build's.
+				fmt.Printf("rotation failed after %s: %s\n", j.name(), j.rotation)
+			}
 			if !j.kind.Expected() {
 				bad++
 				fmt.Fprintf(os.Stderr, "UNEXPECTED %s: %s: %s\n  build log: %s\n  daemon log: %s\n",
