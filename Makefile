@@ -4,6 +4,8 @@
 #                        series applied (hack/tree); bin/buildkitd and
 #                        bin/buildctl built from it
 #   make test            everything below, on a real buildkitd with runc
+#   make test-stress     concurrent lazy imports of one directory while builds
+#                        reset and rotate it (hack/bench/cmd/stress)
 #   make upstream-patch  dist/patches/: git format-patch of our series in
 #                        build/buildkit, what we send upstream
 #   make demo, bench     eager vs lazy rebuilds (hack/bench)
@@ -82,7 +84,7 @@ upstream-patch: tree
 test-series: upstream-patch
 	hack/test-series $(TREE) dist/patches
 
-test: deps vet test-unit build test-integration test-series test-wrapper test-buildx
+test: deps vet test-unit build test-integration test-series test-wrapper test-buildx test-stress
 
 clean:
 	rm -rf bin build dist
@@ -102,6 +104,23 @@ demo: deps build
 
 bench: deps build
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
+
+# Stress: rounds of concurrent builds on two buildkitd daemons, all
+# importing one local cache directory with lazy=true while some export into
+# it with reset=true and others rotate it (GitHub Actions' rm -rf DIR && mv
+# DIR-new DIR). It checks correctness, not speed, so make test runs it: a
+# build must succeed with the right files or fail with a documented error;
+# a hang, gRPC's "closing" error, a wrong file or a crashed buildkitd fail
+# it. About a minute on a 2-core machine.
+#
+#   make test-stress STRESS_FLAGS='-builds 8 -rounds 10'
+#   make test-stress STRESS_FLAGS=-lazy=false      the same with eager import
+STRESS_FLAGS ?=
+
+.PHONY: test-stress
+
+test-stress: deps build
+	cd hack/bench && go run ./cmd/stress $(STRESS_FLAGS)
 
 # daemonless wrapper
 #

@@ -35,6 +35,10 @@ type BaseImage struct {
 	Compressed   int64 // sum of pushed layer sizes
 	Uncompressed int64 // sum of file sizes put in
 	Layers       int
+	// Files maps each regular file the generator put in the image, by
+	// its absolute path there, to the file on this machine it holds, so
+	// that a caller can tell what a build read from the image.
+	Files map[string]string
 }
 
 // baseLayers picks how many data layers an image of target compressed
@@ -55,7 +59,7 @@ func MakeBase(ctx context.Context, tools Tools, reg *Registry, config, workDir, 
 	ctxDir := filepath.Join(dir, "context")
 	img := BaseImage{Ref: reg.Addr + "/" + repo + ":latest", Target: target}
 	logf("preparing base image context: ~%d MB compressed from %s (gzip estimate per file)", target/MB, BaseSource)
-	img.Uncompressed, img.Layers, err = prepareBaseContext(ctx, ctxDir, target)
+	img.Uncompressed, img.Layers, img.Files, err = prepareBaseContext(ctx, ctxDir, target)
 	if err != nil {
 		return img, err
 	}
@@ -96,17 +100,20 @@ type baseFile struct {
 // prepareBaseContext lays out dir as a Dockerfile context: rootfs/ (static
 // busybox as /bin/sh and its applets) and layerN/opt/base/N/..., filled
 // with files from BaseSource until the estimated compressed total reaches
-// target, cycling over the source again if it runs out.
-func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompressed int64, layers int, err error) {
-	if err := writeRootfs(filepath.Join(dir, "rootfs")); err != nil {
-		return 0, 0, err
+// target, cycling over the source again if it runs out. placed maps the
+// image path of each regular file to its source (see BaseImage.Files).
+func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompressed int64, layers int, placed map[string]string, err error) {
+	busybox, err := writeRootfs(filepath.Join(dir, "rootfs"))
+	if err != nil {
+		return 0, 0, nil, err
 	}
+	placed = map[string]string{"/bin/busybox": busybox}
 	files, err := listFiles(BaseSource)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	if len(files) == 0 {
-		return 0, 0, errors.Errorf("no files under %s to make a base image of", BaseSource)
+		return 0, 0, nil, errors.Errorf("no files under %s to make a base image of", BaseSource)
 	}
 	layers = baseLayers(target)
 	perLayer := target / int64(layers)
@@ -117,18 +124,18 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 		total  int64 // estimated compressed bytes placed so far
 		pass   = 0
 		next   = 0
-		placed = 0 // files placed in this pass
+		inPass = 0 // files placed in this pass
 	)
 	const batch = 256
 	for total < target {
 		if err := ctx.Err(); err != nil {
-			return 0, 0, err
+			return 0, 0, nil, err
 		}
 		if next >= len(files) {
-			if placed == 0 {
-				return 0, 0, errors.Errorf("no file under %s is small enough for a %d-layer image of %d bytes", BaseSource, layers, target)
+			if inPass == 0 {
+				return 0, 0, nil, errors.Errorf("no file under %s is small enough for a %d-layer image of %d bytes", BaseSource, layers, target)
 			}
-			next, pass, placed = 0, pass+1, 0
+			next, pass, inPass = 0, pass+1, 0
 		}
 		end := min(next+batch, len(files))
 		chunk := files[next:end]
@@ -143,13 +150,14 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 			}
 			layer := min(total/perLayer+1, int64(layers))
 			rel, _ := filepath.Rel(BaseSource, f.path)
-			dst := filepath.Join(dir, fmt.Sprintf("layer%d", layer), "opt", "base", fmt.Sprint(layer), fmt.Sprintf("pass%d", pass), rel)
-			if err := linkOrCopy(f.path, dst); err != nil {
-				return 0, 0, err
+			inImage := filepath.Join("/opt", "base", fmt.Sprint(layer), fmt.Sprintf("pass%d", pass), rel)
+			if err := linkOrCopy(f.path, filepath.Join(dir, fmt.Sprintf("layer%d", layer), inImage)); err != nil {
+				return 0, 0, nil, err
 			}
+			placed[inImage] = f.path
 			uncompressed += f.size
 			total += f.gz
-			placed++
+			inPass++
 		}
 	}
 	var df strings.Builder
@@ -158,9 +166,9 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 		fmt.Fprintf(&df, "COPY layer%d/ /\n", i)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df.String()), 0o644); err != nil {
-		return 0, 0, errors.WithStack(err)
+		return 0, 0, nil, errors.WithStack(err)
 	}
-	return uncompressed, layers + 1, nil
+	return uncompressed, layers + 1, placed, nil
 }
 
 // minBaseFile leaves out the smallest files: under /usr, two thirds of the
@@ -274,31 +282,32 @@ func linkOrCopy(src, dst string) error {
 
 // writeRootfs makes the base image's first layer: a static busybox as
 // /bin/busybox with its applets (sh, ls, wc, ...) as symlinks, /etc and /tmp.
-func writeRootfs(dir string) error {
+// It returns the busybox it copied.
+func writeRootfs(dir string) (string, error) {
 	busybox, err := exec.LookPath("busybox")
 	if err != nil {
-		return errors.Wrap(err, "no busybox in PATH: run make deps (Debian package busybox-static)")
+		return "", errors.Wrap(err, "no busybox in PATH: run make deps (Debian package busybox-static)")
 	}
 	bin := filepath.Join(dir, "bin")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
-		return errors.WithStack(err)
+		return "", errors.WithStack(err)
 	}
 	if err := copyFile(busybox, filepath.Join(bin, "busybox")); err != nil {
-		return err
+		return "", err
 	}
 	if err := os.Chmod(filepath.Join(bin, "busybox"), 0o755); err != nil {
-		return errors.WithStack(err)
+		return "", errors.WithStack(err)
 	}
 	list, err := exec.Command(busybox, "--list").Output()
 	if err != nil {
-		return errors.Wrapf(err, "%s --list", busybox)
+		return "", errors.Wrapf(err, "%s --list", busybox)
 	}
 	for _, name := range strings.Fields(string(list)) {
 		if name == "busybox" || strings.Contains(name, "/") {
 			continue
 		}
 		if err := os.Symlink("busybox", filepath.Join(bin, name)); err != nil {
-			return errors.WithStack(err)
+			return "", errors.WithStack(err)
 		}
 	}
 	for name, body := range map[string]string{
@@ -307,11 +316,11 @@ func writeRootfs(dir string) error {
 	} {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return errors.WithStack(err)
+			return "", errors.WithStack(err)
 		}
 		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			return errors.WithStack(err)
+			return "", errors.WithStack(err)
 		}
 	}
-	return errors.WithStack(os.MkdirAll(filepath.Join(dir, "tmp"), 0o1777))
+	return busybox, errors.WithStack(os.MkdirAll(filepath.Join(dir, "tmp"), 0o1777))
 }

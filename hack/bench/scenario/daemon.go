@@ -89,6 +89,20 @@ func (d *Daemon) wait(ctx context.Context) error {
 	}
 }
 
+// Log is the file holding the daemon's output.
+func (d *Daemon) Log() string { return d.log }
+
+// Exited reports whether the daemon has exited, and how, without waiting.
+func (d *Daemon) Exited() (bool, error) {
+	select {
+	case err := <-d.done:
+		d.done <- err // keep it readable for Stop and later calls
+		return true, err
+	default:
+		return false, nil
+	}
+}
+
 // Pid is the daemon's process id.
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 

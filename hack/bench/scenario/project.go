@@ -73,17 +73,26 @@ func WriteProject(dir, baseRef string, link bool) (*Project, error) {
 		"config/app.conf":   "listen = 8080\n",
 		"docs/CHANGELOG.md": "- initial\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return nil, errors.WithStack(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
-			return nil, errors.WithStack(err)
-		}
+	if err := WriteFiles(dir, files); err != nil {
+		return nil, err
 	}
 	p := &Project{Dir: dir, Link: link}
 	return p, p.SetRevision(0)
+}
+
+// WriteFiles writes files, named by their paths relative to dir, creating
+// the directories they need.
+func WriteFiles(dir string, files map[string]string) error {
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return errors.WithStack(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			return errors.WithStack(err)
+		}
+	}
+	return nil
 }
 
 // SetRevision rewrites the one source file that changes between builds;

@@ -1,7 +1,9 @@
 package scenario
 
 import (
+	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -140,5 +142,28 @@ func TestFindRepoRoot(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, filepath.Join(dir, tc.want), got)
 		})
+	}
+}
+
+func TestBaseContextListsItsFiles(t *testing.T) {
+	if _, err := exec.LookPath("busybox"); err != nil {
+		t.Skip("no busybox in PATH (Debian package busybox-static)")
+	}
+	dir := t.TempDir()
+	_, layers, files, err := prepareBaseContext(context.Background(), dir, 2*MB)
+	require.NoError(t, err)
+	require.Contains(t, files, "/bin/busybox")
+	require.Greater(t, len(files), layers)
+	for inImage, src := range files {
+		inContext := filepath.Join(dir, "rootfs", inImage)
+		if rest, ok := strings.CutPrefix(inImage, "/opt/base/"); ok {
+			layer, _, _ := strings.Cut(rest, "/")
+			inContext = filepath.Join(dir, "layer"+layer, inImage)
+		}
+		want, err := os.ReadFile(src)
+		require.NoError(t, err)
+		got, err := os.ReadFile(inContext)
+		require.NoError(t, err, inImage)
+		require.Equal(t, want, got, inImage)
 	}
 }

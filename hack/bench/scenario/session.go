@@ -23,6 +23,7 @@ type Session struct {
 	Daemonless *Daemonless
 	Logf       Logf
 	start      time.Time
+	keep       bool
 }
 
 // NewSession creates a work directory under parent (named after name),
@@ -65,10 +66,19 @@ func NewSession(ctx context.Context, tools Tools, parent, name string) (_ *Sessi
 // Elapsed is the time since the session started.
 func (s *Session) Elapsed() time.Duration { return time.Since(s.start) }
 
-// Close stops the registry and removes the work directory.
+// Keep makes Close leave the work directory in place, so that the logs of
+// a failed run can be read.
+func (s *Session) Keep() { s.keep = true }
+
+// Close stops the registry and removes the work directory, unless Keep was
+// called.
 func (s *Session) Close() {
 	if s.Registry != nil {
 		s.Registry.Stop()
+	}
+	if s.keep {
+		s.Logf("kept %s", s.Dir)
+		return
 	}
 	if err := RemoveAll(s.Dir); err != nil {
 		s.Logf("cleanup: %v", err)
