@@ -249,8 +249,15 @@ func TestLazyReadSessionLacksBlob(t *testing.T) {
 	_, err = readVia(t, p, session.NewGroup(lacking.ID()), c.layers[0])
 	require.ErrorContains(t, err, "local cache "+c.dir+": blob "+c.layers[0].Digest.String()+" is missing from the cache directory (served by session "+lacking.ID()+")")
 
+	// A directory replaced since the import (rotated): another cache, not
+	// even the imported manifest is there, but the session serves it.
+	replacement := newTestCache(t, false, "another cache")
+	rotated := startSession(t, sm, map[string]content.Store{contentStoreIDPrefix + c.dir: replacement.store})
+	_, err = readVia(t, p, session.NewGroup(rotated.ID()), c.layers[0])
+	require.ErrorContains(t, err, "local cache "+c.dir+": blob "+c.layers[0].Digest.String()+" is missing from the cache directory (served by session "+rotated.ID()+")")
+
 	good := startSession(t, sm, serving(c))
-	dt, err := readVia(t, p, session.NewGroup(lacking.ID(), good.ID()), c.layers[0])
+	dt, err := readVia(t, p, session.NewGroup(lacking.ID(), rotated.ID(), good.ID()), c.layers[0])
 	require.NoError(t, err)
 	require.Equal(t, c.data[c.layers[0].Digest], dt)
 }

@@ -31,8 +31,7 @@ import (
 type cacheProvider struct {
 	sm  *session.Manager
 	src string
-	// manifest is the imported cache manifest. A session whose store
-	// holds it serves this cache.
+	// manifest is the imported cache manifest.
 	manifest ocispecs.Descriptor
 	// dt is what the importer reads as the manifest: its content, read
 	// once at import, without the layers missing from the directory.
@@ -143,9 +142,8 @@ func (p *cacheProvider) openBlob(ctx context.Context, desc ocispecs.Descriptor, 
 			return nil, "", err
 		case cerrdefs.IsNotFound(err):
 			// Not found is also the answer for a store the session
-			// does not attach: one that holds the imported manifest
-			// serves this cache and lacks the blob.
-			if _, merr := cs.Info(ctx, p.manifest.Digest); merr == nil {
+			// does not attach at all.
+			if attached(ctx, cs) {
 				lacking = append(lacking, id)
 			}
 		default:
@@ -168,6 +166,17 @@ func (p *cacheProvider) openBlob(ctx context.Context, desc ocispecs.Descriptor, 
 			"local cache %[1]s: no active session of this build serves the cache directory, needed to read blob %[2]s: "+fix,
 			p.src, desc.Digest)
 	}
+}
+
+// errStopWalk ends a walk at its first blob.
+var errStopWalk = errors.New("stop walking")
+
+// attached reports whether a session attaches the store cs: walking a store
+// it does not attach fails, while one it attaches, holding blobs or not,
+// can be walked. The walk stops at the first blob.
+func attached(ctx context.Context, cs content.Store) bool {
+	err := cs.Walk(ctx, func(content.Info) error { return errStopWalk })
+	return err == nil || errors.Is(err, errStopWalk)
 }
 
 // failoverReaderAt reads one blob through a session that serves the cache
