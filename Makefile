@@ -4,6 +4,9 @@
 #   make test    vet, unit tests, integration tests on a real buildkitd
 #   make demo    the eager vs lazy rebuild, end to end
 #
+# Static binaries (CGO_ENABLED=0), as upstream's release builds, so they run in
+# any image, ours included.
+#
 # Packages we own replace upstream's at the same import path. `go mod vendor`
 # lays upstream's source out under vendor/ (generated, ignored), and
 # hack/overlay maps our files over the vendored ones for `go build -overlay`.
@@ -28,7 +31,7 @@ export PATH := $(CURDIR)/bin:$(PATH)
 build: vendor
 	@mkdir -p bin
 	go run -mod=mod ./hack/overlay -root . -o bin/overlay.json $(OWNED)
-	go build -mod=vendor -overlay bin/overlay.json -ldflags "$(LDFLAGS)" \
+	CGO_ENABLED=0 go build -mod=vendor -overlay bin/overlay.json -ldflags "$(LDFLAGS)" \
 		-o bin/ $(UPSTREAM)/cmd/buildkitd $(UPSTREAM)/cmd/buildctl
 	@bin/buildkitd --version
 
