@@ -126,3 +126,25 @@ bin/buildx: hack/buildx/go.mod hack/buildx/go.sum
 
 test-buildx: deps build bin/buildx
 	cd hack/buildx && go vet ./... && go test -count=1 -v -timeout 10m ./...
+
+# the image
+#
+#   make image        dist/image/buildkit.tar and buildkit-rootless.tar
+#                     (docker load), dist/image/oci (an OCI layout), built by
+#                     bin/buildkitd from image/Dockerfile and Debian's packages;
+#                     IMAGE_PUSH=registry/name pushes instead (run as root)
+#   make test-image   the images under a dockerd of the test's own: the
+#                     report's docker run script, buildx's docker-container
+#                     driver, and rootless without the security options
+#
+# image/ is a module of its own (its tests need Docker, never the root
+# module's ./...).
+
+.PHONY: image test-image
+
+image: deps build
+	@hack/install-deps image
+	hack/make-image
+
+test-image: image bin/buildx
+	cd image && go vet ./... && go test -count=1 -v -timeout 20m ./...
