@@ -17,6 +17,9 @@ import (
 
 const buildTimeout = 5 * time.Minute
 
+// reportSecurityOpts are the report's --security-opt flags.
+var reportSecurityOpts = []string{"seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"}
+
 var extractingRe = regexp.MustCompile(`(?m)^#\d+ extracting sha256:[0-9a-f]{64}`)
 
 // reportDockerfile is the report's Dockerfile: a base image, a RUN that
@@ -41,15 +44,13 @@ type reportRun struct {
 // runReport runs the report's script on the rootless image, verbatim but
 // for the image name, --network host, and a -v of the buildkitd.toml that
 // mirrors docker.io to our registry. lazy adds lazy=true to the import;
-// securityOpts=false leaves out the three --security-opt flags.
-func (e *env) runReport(t *testing.T, ctxDir, cacheDir string, lazy, securityOpts bool) reportRun {
+// securityOpts are the --security-opt flags, reportSecurityOpts in the
+// report.
+func (e *env) runReport(t *testing.T, ctxDir, cacheDir string, lazy bool, securityOpts []string) reportRun {
 	t.Helper()
 	args := []string{"run", "--rm", "--network", "host"}
-	if securityOpts {
-		args = append(args,
-			"--security-opt", "seccomp=unconfined",
-			"--security-opt", "apparmor=unconfined",
-			"--security-opt", "systempaths=unconfined")
+	for _, o := range securityOpts {
+		args = append(args, "--security-opt", o)
 	}
 	importCache := "--import-cache=type=local,src=/cache"
 	if lazy {
@@ -144,16 +145,16 @@ func TestReportScript(t *testing.T) {
 			ctxDir := userDir(t)
 			cache := userDir(t)
 			writeContext(t, ctxDir, reportDockerfile(v.copyFlags), "console.log(1)\n")
-			seed := e.runReport(t, ctxDir, cache, false, true)
+			seed := e.runReport(t, ctxDir, cache, false, reportSecurityOpts)
 			require.NoError(t, seed.err, "build 1:\n%s", seed.output)
 			require.FileExists(t, filepath.Join(cache, "index.json"), "build 1 exported no cache:\n%s", seed.output)
 
 			if v.changed {
 				writeContext(t, ctxDir, reportDockerfile(v.copyFlags), "console.log(2)\n")
 			}
-			eager := e.runReport(t, ctxDir, copyUserDir(t, cache), false, true)
+			eager := e.runReport(t, ctxDir, copyUserDir(t, cache), false, reportSecurityOpts)
 			require.NoError(t, eager.err, "eager build 2:\n%s", eager.output)
-			lazy := e.runReport(t, ctxDir, copyUserDir(t, cache), true, true)
+			lazy := e.runReport(t, ctxDir, copyUserDir(t, cache), true, reportSecurityOpts)
 			require.NoError(t, lazy.err, "lazy build 2:\n%s", lazy.output)
 
 			require.Positive(t, eager.extracting, "eager build 2 extracted nothing: it did not import the cache?\n%s", eager.output)
