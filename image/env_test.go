@@ -59,6 +59,8 @@ func requireEnv(t *testing.T) *env {
 		shared, sharedErr = setup(tl)
 		if sharedErr == nil {
 			t.Logf("dockerd, registry, images loaded: %.1fs", time.Since(start).Seconds())
+			out, _ := shared.docker(context.Background(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "lazylocal/buildkit")
+			t.Logf("images:\n%s", out)
 		}
 	})
 	if sharedErr != nil {
