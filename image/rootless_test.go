@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"regexp"
 	"testing"
 
@@ -45,4 +46,22 @@ func TestRootlessWithoutSecurityOpts(t *testing.T) {
 			require.NotContains(t, r.output, "goroutine ", "a Go stack:\n%s", r.output)
 		})
 	}
+}
+
+// TestRootlessSnapshotter checks that the rootless image's daemon keeps its
+// state where it can use overlayfs (the image's volume, through TMPDIR),
+// not on the container's own overlay file system, where it falls back to
+// the native snapshotter, which copies every layer.
+func TestRootlessSnapshotter(t *testing.T) {
+	e := requireEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	args := []string{"run", "--rm", "--network", "host"}
+	for _, o := range reportSecurityOpts {
+		args = append(args, "--security-opt", o)
+	}
+	args = append(args, "--entrypoint", "buildctl-daemonless.sh", e.rootlessImage, "debug", "workers", "--verbose")
+	out, err := e.docker(ctx, args...)
+	require.NoError(t, err)
+	require.Regexp(t, `org\.mobyproject\.buildkit\.worker\.snapshotter:\s+overlayfs`, out)
 }
