@@ -37,7 +37,8 @@ export PATH := $(CURDIR)/bin:$(PATH)
 tree:
 	@hack/tree $(TREE)
 
-# Static, as upstream's release binaries.
+# Static (CGO_ENABLED=0), as upstream's release binaries, so that they run in
+# any image, ours included.
 build: tree
 	@mkdir -p bin
 	cd $(TREE) && CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(CURDIR)/bin/ ./cmd/buildkitd ./cmd/buildctl
@@ -84,7 +85,7 @@ upstream-patch: tree
 test-series: upstream-patch
 	hack/test-series $(TREE) dist/patches
 
-test: deps vet test-unit build test-integration test-series test-wrapper test-buildx test-stress
+test: deps vet test-unit build test-integration test-series test-wrapper test-buildx test-stress test-image
 
 clean:
 	rm -rf bin build dist
@@ -164,3 +165,24 @@ bin/buildx: hack/buildx/go.mod hack/buildx/go.sum
 
 test-buildx: deps build bin/buildx
 	cd hack/buildx && go vet ./... && go test -count=1 -v -timeout 10m ./...
+
+# the image
+#
+#   make image        dist/image/buildkit.tar and buildkit-rootless.tar
+#                     (docker load), dist/image/oci (an OCI layout), built by
+#                     bin/buildkitd from image/Dockerfile and Debian's packages;
+#                     IMAGE_PUSH=registry/name pushes instead (run as root)
+#   make test-image   the images under a dockerd of the test's own: the
+#                     report's docker run script, buildx's docker-container
+#                     driver, and rootless without the security options
+#
+# image/ is a module of its own: its tests need Docker.
+
+.PHONY: image test-image
+
+image: deps build
+	@hack/install-deps image
+	hack/make-image
+
+test-image: image bin/buildx
+	cd image && go vet ./... && go test -count=1 -v -timeout 20m ./...

@@ -33,8 +33,12 @@
 #   BUILDKITD_STOP_TIMEOUT        seconds to wait for buildctl and buildkitd to
 #                                 stop before killing them (default: 30)
 #
-# Rootless in a container that masks /proc (Kubernetes, Docker without
-# systempaths=unconfined) needs BUILDKITD_FLAGS=--oci-worker-no-process-sandbox.
+# Rootless in a container (our rootless image under Docker) needs
+#   --security-opt seccomp=unconfined --security-opt apparmor=unconfined
+# for RootlessKit to make a user namespace, and, for RUN steps to mount
+# /proc, --security-opt systempaths=unconfined (or
+# BUILDKITD_FLAGS=--oci-worker-no-process-sandbox where /proc must stay
+# masked, as on Kubernetes). When one is missing the script says which.
 #
 # POSIX sh: runs with dash, bash and BusyBox ash.
 set -eu
@@ -89,6 +93,30 @@ if [ "$rootless" = true ]; then
 fi
 need_count BUILDCTL_CONNECT_RETRIES_MAX "$BUILDCTL_CONNECT_RETRIES_MAX"
 need_count BUILDKITD_STOP_TIMEOUT "$BUILDKITD_STOP_TIMEOUT"
+
+# seccomp_filtered tells whether this process runs under a seccomp filter,
+# as in a container with Docker's default profile, which keeps RootlessKit
+# from making a user namespace.
+seccomp_filtered() {
+	[ "$(sed -n 's/^Seccomp:[[:space:]]*//p' /proc/self/status 2>/dev/null)" = 2 ]
+}
+
+# proc_masked tells whether /proc is partly masked (Docker without
+# systempaths=unconfined, Kubernetes), so that a rootless buildkitd's RUN
+# steps cannot mount proc unless it runs them without a process sandbox.
+proc_masked() {
+	case " $BUILDKITD_FLAGS " in
+	*" --oci-worker-no-process-sandbox "* | *" --oci-worker-no-process-sandbox=true "*) return 1 ;;
+	esac
+	awk '$5 == "/proc/kcore" || $5 == "/proc/sys" { found = 1 } END { exit !found }' \
+		/proc/self/mountinfo 2>/dev/null
+}
+
+if [ "$rootless" = true ] && proc_masked; then
+	proc_hint="--security-opt systempaths=unconfined (RUN steps mount /proc; or set BUILDKITD_FLAGS=--oci-worker-no-process-sandbox)"
+else
+	proc_hint=
+fi
 
 tmp=
 daemon_pid=
@@ -231,7 +259,11 @@ delay=1
 # shellcheck disable=SC2086 # BUILDCTL is a command line
 until $BUILDCTL --addr="$addr" debug workers >/dev/null 2>&1; do
 	if ! running "$daemon_pid"; then
-		show_log "buildkitd exited before it accepted connections on $addr"
+		if [ "$rootless" = true ] && seccomp_filtered; then
+			show_log "RootlessKit could not start buildkitd: this container's seccomp profile does not let it make a user namespace; run the container with --security-opt seccomp=unconfined --security-opt apparmor=unconfined${proc_hint:+ and $proc_hint}"
+		else
+			show_log "buildkitd exited before it accepted connections on $addr"
+		fi
 		exit 1
 	fi
 	if [ "$tries" -ge "$BUILDCTL_CONNECT_RETRIES_MAX" ]; then
@@ -257,4 +289,7 @@ exec 3<&-
 status=0
 wait "$client_pid" || status=$?
 client_done=true
+if [ "$status" != 0 ] && [ -n "$proc_hint" ]; then
+	say "/proc is masked in this container, so RUN steps fail to mount it; run the container with $proc_hint"
+fi
 exit "$status"

@@ -30,7 +30,7 @@ type Tools struct {
 // FindRepoRoot returns the nearest directory at or above dir that holds both
 // a Makefile and .git (a directory, or a file in a git worktree). The tools
 // run from their own module under hack/ (make demo does cd hack/bench), so
-// bin/, examples/ and docs/ are resolved against this root, not the working
+// bin/, daemonless/ and docs/ are resolved against this root, not the working
 // directory.
 func FindRepoRoot(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)

@@ -73,7 +73,7 @@ func main() {
 	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
 	png := flag.String("png", "", "PNG chart to write (default <repo>/docs/benchmarks.png)")
 	workDir := flag.String("workdir", os.TempDir(), "parent of the benchmark's temporary directory")
-	repo := flag.String("repo", "", "repository root, holding bin/ and examples/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
+	repo := flag.String("repo", "", "repository root, holding bin/ and daemonless/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	flag.Parse()
 
 	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:]}

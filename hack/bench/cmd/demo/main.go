@@ -21,7 +21,7 @@ import (
 func main() {
 	sizeMB := flag.Int("size", 350, "compressed size of the generated base image, in MB")
 	workDir := flag.String("workdir", os.TempDir(), "parent of the demo's temporary directory")
-	repo := flag.String("repo", "", "repository root, holding bin/ and examples/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
+	repo := flag.String("repo", "", "repository root, holding bin/ and daemonless/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	flag.Parse()
 
 	root := *repo
