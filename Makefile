@@ -59,7 +59,7 @@ vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
 	cd $(TREE) && go vet -lostcancel=false ./cache/remotecache/local/ ./util/testutil/cachetest/ ./client/
-	for m in hack/bench hack/testimages daemonless; do (cd $$m && go vet ./...) || exit 1; done
+	for m in hack/bench hack/testimages daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
