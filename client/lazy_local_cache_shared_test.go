@@ -26,6 +26,7 @@ func init() {
 		testLazyLocalCacheOwnReset,
 		testLazyLocalCacheReadOnlyDir,
 		testLazyLocalCacheLostBlobsPersistentDaemon,
+		testLazyLocalCacheCorruptCopyConcurrent,
 	)
 }
 
@@ -189,6 +190,70 @@ func testLazyLocalCacheLostBlobsPersistentDaemon(t *testing.T, sb integration.Sa
 	got, err := os.ReadFile(filepath.Join(out, "out-sum"))
 	require.NoError(t, err)
 	require.Equal(t, s.wantSum(), string(got))
+}
+
+// Two builds on one daemon mount the same lazily imported layer at once,
+// one from the directory, one from a copy of it where that layer is
+// corrupt. They share one fetch of the layer (the cache record is the
+// same): when the corrupt one is the first to start it, both fail with the
+// corrupt directory's error. Neither ever gets corrupt content, and the
+// failed fetch leaves nothing behind: the good build run again succeeds.
+func testLazyLocalCacheCorruptCopyConcurrent(t *testing.T, sb integration.Sandbox) {
+	s := newScenario(t, sb)
+	s.seed(t, s.built, nil)
+	corrupt := filepath.Join(t.TempDir(), "corrupt")
+	require.NoError(t, os.CopyFS(corrupt, os.DirFS(s.dir)))
+	victim := cachetest.BlobPath(corrupt, s.mfst.Layers[len(s.mfst.Layers)-1].Digest)
+	dt, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	dt[len(dt)/2] ^= 0xff
+	require.NoError(t, os.Chmod(victim, 0o644))
+	require.NoError(t, os.WriteFile(victim, dt, 0o644))
+
+	st := s.built.Run(llb.Args([]string{"/bin/sh", "-c", "cp /sum /out-sum"}), llb.IgnoreCache).Root()
+	build := func(dir string) (string, error) {
+		out := t.TempDir()
+		_, err := s.c.Solve(sb.Context(), marshal(t, sb, st), SolveOpt{
+			CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": dir, "lazy": "true"}}},
+			Exports:      []ExportEntry{{Type: ExporterLocal, OutputDir: out}},
+		}, nil)
+		return out, err
+	}
+	requireSum := func(out string) {
+		t.Helper()
+		got, err := os.ReadFile(filepath.Join(out, "out-sum"))
+		require.NoError(t, err)
+		require.Equal(t, s.wantSum(), string(got), "never the corrupt content")
+	}
+	for round := range 3 {
+		if round > 0 {
+			ensurePruneAll(t, s.c, sb)
+		}
+		outs := make([]string, 2)
+		errs := make([]error, 2)
+		done := make(chan struct{}, 2)
+		for i, dir := range []string{s.dir, corrupt} {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				outs[i], errs[i] = build(dir)
+			}()
+		}
+		<-done
+		<-done
+		for i, err := range errs {
+			if err != nil {
+				require.ErrorContains(t, err, "local cache "+corrupt+": blob ", "round %d build %d", round, i)
+				require.ErrorContains(t, err, "is corrupt", "round %d build %d", round, i)
+			} else {
+				requireSum(outs[i])
+			}
+		}
+		if errs[0] != nil {
+			out, err := build(s.dir)
+			require.NoError(t, err, "round %d: the good build again", round)
+			requireSum(out)
+		}
+	}
 }
 
 func boolAttr(b bool) string {
