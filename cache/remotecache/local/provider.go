@@ -80,7 +80,10 @@ func (p *cacheProvider) ReaderAt(ctx context.Context, desc ocispecs.Descriptor) 
 	if err := r.open(); err != nil {
 		return nil, err
 	}
-	return newVerifiedReaderAt(r, desc, "local cache "+p.src, func() {
+	// The daemon fetches 1 MiB at a time, and each read through a session
+	// is a round trip: read ahead in larger chunks, several at once.
+	ra := newReadAheadReaderAt(r, desc.Size, readAheadChunk, readAheadDepth)
+	return newVerifiedReaderAt(ra, desc, "local cache "+p.src, func() {
 		p.abortFetch(context.WithoutCancel(ctx), desc)
 	}), nil
 }
