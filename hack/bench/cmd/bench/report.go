@@ -414,8 +414,27 @@ func (rep *report) chart() error {
 	return chart.Render(rep.Opts.PNG, title, series, panels)
 }
 
+// keepMarker ends the generated part of the report: what follows it in the
+// file (analysis written by hand, such as profiles) is kept when the report
+// is written again.
+const keepMarker = "<!-- end of make bench output; what follows is kept when make bench rewrites this file -->\n"
+
+// keptTail returns the marker and what follows it in the file at path, or
+// the marker alone.
+func keptTail(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return keepMarker
+	}
+	if _, tail, ok := strings.Cut(string(old), keepMarker); ok {
+		return keepMarker + tail
+	}
+	return keepMarker
+}
+
 func (rep *report) write() error {
-	if err := os.WriteFile(rep.Opts.MD, []byte(rep.markdown()), 0o644); err != nil {
+	md := rep.markdown() + "\n" + keptTail(rep.Opts.MD)
+	if err := os.WriteFile(rep.Opts.MD, []byte(md), 0o644); err != nil {
 		return errors.Wrapf(err, "failed to write %s", rep.Opts.MD)
 	}
 	return rep.chart()
