@@ -18,7 +18,15 @@ const (
 	// daemon's writes to its content store. It bounds the memory a fetch
 	// holds to readAheadDepth*readAheadChunk.
 	readAheadDepth = 3
+	// readAheadSlots bounds the chunks read ahead at once by all fetches
+	// of the daemon: the daemon fetches several blobs at a time, and each
+	// holding depth chunks would add tens of MB to its memory for no
+	// faster session. A fetch that finds no slot free reads as it asks.
+	readAheadSlots = 6
 )
+
+// readAheadBudget holds a token per chunk read ahead, in the whole daemon.
+var readAheadBudget = make(chan struct{}, readAheadSlots)
 
 // readAheadReaderAt reads a blob that is read front to back ahead of its
 // reader, in chunks of readAheadChunk, readAheadDepth of them at once.
@@ -34,6 +42,9 @@ type readAheadReaderAt struct {
 	size  int64
 	chunk int64
 	depth int
+	// slots holds a token for every chunk read ahead and not yet
+	// consumed, here and in every other reader sharing it.
+	slots chan struct{}
 
 	mu sync.Mutex
 	// queue holds the chunks read ahead, contiguous and in order.
@@ -54,13 +65,15 @@ type readAheadBuf struct {
 
 var _ content.ReaderAt = &readAheadReaderAt{}
 
-// newReadAheadReaderAt reads ra, size bytes long, ahead of its reader. A
-// blob of unknown size, or one that fits in a chunk, is returned as is.
-func newReadAheadReaderAt(ra content.ReaderAt, size int64, chunk int64, depth int) content.ReaderAt {
+// newReadAheadReaderAt reads ra, size bytes long, ahead of its reader, with
+// at most depth chunks in flight, and only as many as it gets a token of
+// slots for. A blob of unknown size, or one that fits in a chunk, is
+// returned as is.
+func newReadAheadReaderAt(ra content.ReaderAt, size int64, chunk int64, depth int, slots chan struct{}) content.ReaderAt {
 	if size <= chunk || chunk <= 0 || depth <= 0 {
 		return ra
 	}
-	return &readAheadReaderAt{ra: ra, size: size, chunk: chunk, depth: depth, last: -1}
+	return &readAheadReaderAt{ra: ra, size: size, chunk: chunk, depth: depth, slots: slots, last: -1}
 }
 
 func (r *readAheadReaderAt) ReadAt(b []byte, off int64) (int, error) {
@@ -96,6 +109,19 @@ func (r *readAheadReaderAt) ReadAt(b []byte, off int64) (int, error) {
 			r.drop()
 		}
 		r.fill(at)
+		if len(r.queue) == 0 {
+			// no slot free: read what is asked, as it is asked
+			r.mu.Unlock()
+			m, err := r.ra.ReadAt(b[n:], at)
+			r.mu.Lock()
+			n += m
+			r.last = off + int64(n)
+			if err != nil {
+				r.mu.Unlock()
+				return n, err
+			}
+			continue
+		}
 		c := r.queue[0]
 		r.mu.Unlock()
 		<-c.done
@@ -119,6 +145,7 @@ func (r *readAheadReaderAt) ReadAt(b []byte, off int64) (int, error) {
 		// consumed: its buffer serves a later chunk
 		r.queue = r.queue[1:]
 		r.free = append(r.free, c.buf)
+		<-r.slots
 	}
 	r.last = off + int64(n)
 	if r.last < r.size {
@@ -136,14 +163,18 @@ func (r *readAheadReaderAt) covers(off int64) bool {
 // fill starts reads of the chunks from off on until depth are in flight or
 // done; r.mu is held.
 func (r *readAheadReaderAt) fill(off int64) {
-	if len(r.queue) == 0 {
-		// chunks are aligned to the first read, not to the blob
-		r.queue = append(r.queue, r.start(off))
-	}
 	for len(r.queue) < r.depth {
-		c := r.queue[len(r.queue)-1]
-		next := c.off + int64(len(c.buf))
+		// chunks are aligned to the first read, not to the blob
+		next := off
+		if k := len(r.queue); k > 0 {
+			next = r.queue[k-1].off + int64(len(r.queue[k-1].buf))
+		}
 		if next >= r.size {
+			return
+		}
+		select {
+		case r.slots <- struct{}{}:
+		default:
 			return
 		}
 		r.queue = append(r.queue, r.start(next))
@@ -176,8 +207,16 @@ func (r *readAheadReaderAt) start(off int64) *readAheadBuf {
 }
 
 // drop forgets the chunks read ahead; reads still in flight finish into
-// buffers of their own. r.mu is held.
+// buffers of their own, and give their slots back then. r.mu is held.
 func (r *readAheadReaderAt) drop() {
+	for _, c := range r.queue {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			<-c.done
+			<-r.slots
+		}()
+	}
 	r.queue = nil
 }
 

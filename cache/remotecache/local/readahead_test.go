@@ -81,7 +81,7 @@ func TestReadAheadSequential(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			src := &countingReaderAt{b: data}
-			ra := newReadAheadReaderAt(src, int64(len(data)), int64(tc.chunk), tc.depth)
+			ra := newReadAheadReaderAt(src, int64(len(data)), int64(tc.chunk), tc.depth, make(chan struct{}, 8))
 			got, err := readInSteps(ra, int64(len(data)), tc.step)
 			require.NoError(t, err)
 			require.NoError(t, ra.Close())
@@ -94,8 +94,8 @@ func TestReadAheadSequential(t *testing.T) {
 
 func TestReadAheadSmallBlobIsReadAsIs(t *testing.T) {
 	src := &countingReaderAt{b: blobData(100)}
-	require.Same(t, content.ReaderAt(src), newReadAheadReaderAt(src, 100, 100, 3))
-	require.Same(t, content.ReaderAt(src), newReadAheadReaderAt(src, 0, 100, 3))
+	require.Same(t, content.ReaderAt(src), newReadAheadReaderAt(src, 100, 100, 3, nil))
+	require.Same(t, content.ReaderAt(src), newReadAheadReaderAt(src, 0, 100, 3, nil))
 }
 
 // A read that does not continue the previous one goes to the source as it
@@ -103,7 +103,7 @@ func TestReadAheadSmallBlobIsReadAsIs(t *testing.T) {
 func TestReadAheadRandomAccess(t *testing.T) {
 	data := blobData(1000)
 	src := &countingReaderAt{b: data}
-	ra := newReadAheadReaderAt(src, int64(len(data)), 100, 2)
+	ra := newReadAheadReaderAt(src, int64(len(data)), 100, 2, make(chan struct{}, 8))
 	defer ra.Close()
 
 	b := make([]byte, 10)
@@ -140,7 +140,7 @@ func TestReadAheadSourceEndsOrFails(t *testing.T) {
 		{name: "source fails mid-blob", src: &countingReaderAt{b: data, failAt: 650}, wantErr: errSessionRead, wantN: 600},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ra := newReadAheadReaderAt(tc.src, int64(len(data)), 100, 3)
+			ra := newReadAheadReaderAt(tc.src, int64(len(data)), 100, 3, make(chan struct{}, 8))
 			var got []byte
 			buf := make([]byte, 64)
 			var err error
@@ -175,7 +175,7 @@ func TestReadAheadVerified(t *testing.T) {
 			desc := ocispecs.Descriptor{Digest: digest.FromBytes(good), Size: int64(len(good))}
 			corrupt := 0
 			src := &countingReaderAt{b: tc.served}
-			ra := newVerifiedReaderAt(newReadAheadReaderAt(src, desc.Size, 64<<10, 3), desc, "local cache /c", func() { corrupt++ })
+			ra := newVerifiedReaderAt(newReadAheadReaderAt(src, desc.Size, 64<<10, 3, make(chan struct{}, 8)), desc, "local cache /c", func() { corrupt++ })
 			got, err := readInSteps(ra, desc.Size, 32<<10)
 			if tc.wantErr == "" {
 				require.NoError(t, err)
@@ -188,4 +188,39 @@ func TestReadAheadVerified(t *testing.T) {
 			require.NoError(t, ra.Close())
 		})
 	}
+}
+
+// Readers share a budget of chunks: one that finds no slot free reads what
+// it is asked, and every slot comes back once the readers are done.
+func TestReadAheadBudget(t *testing.T) {
+	data := blobData(1000)
+	slots := make(chan struct{}, 2)
+	first := &countingReaderAt{b: data}
+	second := &countingReaderAt{b: data}
+	ra1 := newReadAheadReaderAt(first, int64(len(data)), 100, 3, slots)
+	ra2 := newReadAheadReaderAt(second, int64(len(data)), 100, 3, slots)
+
+	b := make([]byte, 10)
+	_, err := ra1.ReadAt(b, 0)
+	require.NoError(t, err)
+	require.Len(t, slots, 2, "the first reader holds both slots")
+
+	got, err := readInSteps(ra2, int64(len(data)), 50)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	require.Equal(t, 20, second.readCount(), "no slot: every read as asked")
+
+	got, err = readInSteps(ra1, int64(len(data)), 50)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	require.NoError(t, ra1.Close())
+	require.NoError(t, ra2.Close())
+	require.Empty(t, slots)
+
+	// a reader closed halfway gives its slots back too
+	ra3 := newReadAheadReaderAt(&countingReaderAt{b: data}, int64(len(data)), 100, 3, slots)
+	_, err = ra3.ReadAt(b, 0)
+	require.NoError(t, err)
+	require.NoError(t, ra3.Close())
+	require.Empty(t, slots)
 }
