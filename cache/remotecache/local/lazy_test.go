@@ -261,11 +261,7 @@ func TestLazyReadSessionClosesBetweenInfoAndRead(t *testing.T) {
 	p := importLazyThenClose(t, sm, c)
 	desc := c.layers[0]
 	sessionOf := func(ra content.ReaderAt) string {
-		ra = ra.(*verifiedReaderAt).ReaderAt
-		if r, ok := ra.(*readAheadReaderAt); ok {
-			ra = r.ra
-		}
-		return ra.(*failoverReaderAt).id
+		return ra.(*verifiedReaderAt).ReaderAt.(*failoverReaderAt).id
 	}
 
 	first := startSession(t, sm, serving(c))

@@ -80,10 +80,7 @@ func (p *cacheProvider) ReaderAt(ctx context.Context, desc ocispecs.Descriptor) 
 	if err := r.open(); err != nil {
 		return nil, err
 	}
-	// The daemon fetches 1 MiB at a time, and each read through a session
-	// is a round trip: read ahead in larger chunks, several at once.
-	ra := newReadAheadReaderAt(r, desc.Size, readAheadChunk, readAheadDepth, readAheadBudget)
-	return newVerifiedReaderAt(ra, desc, "local cache "+p.src, func() {
+	return newVerifiedReaderAt(r, desc, "local cache "+p.src, func() {
 		p.abortFetch(context.WithoutCancel(ctx), desc)
 	}), nil
 }
