@@ -31,6 +31,11 @@ type Result struct {
 	PeakRSS int64
 	// Log is the file holding buildctl's output.
 	Log string
+	// HashFloor is the time to sha256 every file the build exported to a
+	// new cache directory, read back from disk right after it; HashBytes
+	// is their size. Zero unless measured.
+	HashFloor time.Duration
+	HashBytes int64
 }
 
 // Daemonless runs each build as CI does: a fresh buildkitd whose state

@@ -2,6 +2,7 @@ package scenario
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"io"
 	"io/fs"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/pkg/errors"
 )
@@ -132,4 +134,29 @@ func mountsUnder(dir string) []string {
 
 func unescapeMount(s string) string {
 	return strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`).Replace(s)
+}
+
+// HashDir reads every regular file under dir and computes its sha256, as
+// the least a cache export that writes them must spend on them: it returns
+// how long that took and how many bytes it read.
+func HashDir(dir string) (time.Duration, int64, error) {
+	start := time.Now()
+	var total int64
+	buf := make([]byte, 1<<20)
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		h := sha256.New()
+		n, err := io.CopyBuffer(h, f, buf)
+		total += n
+		_ = h.Sum(nil)
+		return err
+	})
+	return time.Since(start), total, errors.WithStack(err)
 }

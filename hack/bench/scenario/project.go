@@ -19,6 +19,12 @@ type Case struct {
 	Link   bool   // the last step is COPY --link . ./ instead of COPY . ./
 	Change bool   // a source file changes between build 1 and build 2
 	OCI    bool   // build 2 exports the image: --output type=oci
+	// NewDir: build 2 exports the cache to a new directory instead of the
+	// one it imports (a CI cache rotated on every run).
+	NewDir bool
+	// Reset: build 2 exports the cache into the directory it imports with
+	// reset=true, which deletes the blobs the new export does not use.
+	Reset bool
 }
 
 // Cases are the benchmark's rows; the demo runs the first three.
@@ -27,6 +33,8 @@ var Cases = []Case{
 	{Name: "link", Title: "COPY --link . ./ changed", Link: true, Change: true},
 	{Name: "cached", Title: "all steps cached"},
 	{Name: "oci", Title: "all cached + --output type=oci", OCI: true},
+	{Name: "newdir", Title: "all cached, cache exported to a new directory", NewDir: true},
+	{Name: "reset", Title: "all cached, cache exported with reset=true", Reset: true},
 }
 
 // CaseByName finds a case by its short name.
@@ -125,6 +133,22 @@ func LocalCache(dir string, lazy bool) Cache {
 	}
 	return c
 }
+
+// LocalCache returns the cache flags of build 2 of case c on the local directory
+// dir: the report's, except where the cache is exported to.
+func (c Case) LocalCache(dir string, lazy bool) Cache {
+	cache := LocalCache(dir, lazy)
+	switch {
+	case c.NewDir:
+		cache.Export = "type=local,dest=" + NewDir(dir) + ",mode=max"
+	case c.Reset:
+		cache.Export += ",reset=true"
+	}
+	return cache
+}
+
+// NewDir is where a NewDir case exports the cache it imported from dir.
+func NewDir(dir string) string { return dir + "-new" }
 
 // RegistryCache imports from one ref and exports to another (the same
 // repository, so exported layers that are already there are not copied).

@@ -146,9 +146,8 @@ func TestFindRepoRoot(t *testing.T) {
 }
 
 func TestBaseContextListsItsFiles(t *testing.T) {
-	if _, err := exec.LookPath("busybox"); err != nil {
-		t.Skip("no busybox in PATH (Debian package busybox-static)")
-	}
+	_, err := exec.LookPath("busybox")
+	require.NoError(t, err, "busybox in PATH: apt-get install busybox-static (make deps)")
 	dir := t.TempDir()
 	_, layers, files, err := prepareBaseContext(context.Background(), dir, 2*MB)
 	require.NoError(t, err)
@@ -166,4 +165,34 @@ func TestBaseContextListsItsFiles(t *testing.T) {
 		require.NoError(t, err, inImage)
 		require.Equal(t, want, got, inImage)
 	}
+}
+
+func TestCaseLocalCache(t *testing.T) {
+	for _, tc := range []struct {
+		name, wantExport string
+	}{
+		{name: "cached", wantExport: "type=local,dest=/c,mode=max"},
+		{name: "newdir", wantExport: "type=local,dest=/c-new,mode=max"},
+		{name: "reset", wantExport: "type=local,dest=/c,mode=max,reset=true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := CaseByName(tc.name)
+			require.NoError(t, err)
+			got := c.LocalCache("/c", true)
+			require.Equal(t, "type=local,src=/c,lazy=true", got.Import)
+			require.Equal(t, tc.wantExport, got.Export)
+		})
+	}
+}
+
+func TestHashDirReadsEveryFile(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(dir, "blobs", "sha256"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "blobs", "sha256", "a"), make([]byte, 3<<20), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "index.json"), []byte("{}"), 0o644))
+	_, n, err := HashDir(dir)
+	require.NoError(t, err)
+	require.Equal(t, int64(3<<20+2), n)
+	_, _, err = HashDir(filepath.Join(dir, "missing"))
+	require.Error(t, err)
 }

@@ -64,19 +64,25 @@ type options struct {
 	WorkDir string
 	Repo    string
 	Args    []string
+	// Baseline is another buildkitd to compare the lazy column with.
+	Baseline string
 }
 
 func main() {
 	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
-	rows := flag.String("row", "report,link,cached,oci", "scenarios to run, comma separated (report, link, cached, oci)")
+	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset)")
 	runs := flag.Int("runs", 3, "runs of build 2 per cell")
 	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
 	png := flag.String("png", "", "PNG chart to write (default <repo>/docs/benchmarks.png)")
 	workDir := flag.String("workdir", os.TempDir(), "parent of the benchmark's temporary directory")
+	baseline := flag.String("baseline", "", "another buildkitd binary (an earlier build) to run the lazy column with as well, interleaved, as the column \"lazy, baseline buildkitd\"")
 	repo := flag.String("repo", "", "repository root, holding bin/ and daemonless/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	flag.Parse()
 
-	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:]}
+	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:], Baseline: *baseline}
+	if opts.Baseline != "" {
+		columns = append(columns, column{Name: "lazy-base", Title: "lazy, baseline buildkitd"})
+	}
 	var err error
 	if opts.Sizes, err = parseSizes(*sizes); err == nil {
 		opts.Rows, err = parseRows(*rows)
@@ -261,7 +267,7 @@ func benchSize(ctx context.Context, s *scenario.Session, opts options, sizeMB in
 			// spell of the shared machine does not always hit the same one
 			for i := range columns {
 				col := columns[(i+k-1)%len(columns)]
-				r, err := runCell(ctx, s, warm, dir, g.proj, g.pristine, g.b1, row, col, sizeMB, k)
+				r, err := runCell(ctx, s, warm, dir, g.proj, g.pristine, g.b1, row, col, sizeMB, k, opts.Baseline)
 				c := res.cell(row.Name, col.Name)
 				if err != nil {
 					if ctx.Err() != nil {
@@ -282,7 +288,7 @@ func benchSize(ctx context.Context, s *scenario.Session, opts options, sizeMB in
 }
 
 // runCell runs build 2 of row once, the way column says.
-func runCell(ctx context.Context, s *scenario.Session, warm *scenario.Daemon, dir string, proj *scenario.Project, pristine, b1 string, row scenario.Case, col column, sizeMB, k int) (scenario.Result, error) {
+func runCell(ctx context.Context, s *scenario.Session, warm *scenario.Daemon, dir string, proj *scenario.Project, pristine, b1 string, row scenario.Case, col column, sizeMB, k int, baseline string) (scenario.Result, error) {
 	runDir := filepath.Join(dir, "run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return scenario.Result{}, errors.WithStack(err)
@@ -302,15 +308,32 @@ func runCell(ctx context.Context, s *scenario.Session, warm *scenario.Daemon, di
 		if err := scenario.CloneCache(pristine, cacheDir); err != nil {
 			return scenario.Result{}, err
 		}
-		return s.Daemonless.Build(ctx, root, proj.Args(scenario.LocalCache(cacheDir, col.Name == "lazy"), output), logPath)
+		r, err := s.Daemonless.Build(ctx, root, proj.Args(row.LocalCache(cacheDir, col.Name == "lazy"), output), logPath)
+		if err == nil && row.NewDir && col.Name == "lazy" {
+			// the floor of an export to a new directory, on the same
+			// machine in the same run: hashing what landed there
+			r.HashFloor, r.HashBytes, err = scenario.HashDir(scenario.NewDir(cacheDir))
+		}
+		return r, err
+	case "lazy-base":
+		if err := scenario.CloneCache(pristine, cacheDir); err != nil {
+			return scenario.Result{}, err
+		}
+		d := *s.Daemonless
+		d.Tools.Buildkitd = baseline
+		return d.Build(ctx, root, proj.Args(row.LocalCache(cacheDir, true), output), logPath)
 	case "registry":
 		export := strings.TrimSuffix(b1, ":b1") + fmt.Sprintf(":%s-%d", row.Name, k)
+		if row.NewDir {
+			// a repository of its own: no layer is there yet
+			export = fmt.Sprintf("%s/cache-new-%dmb-%d:%s", s.Registry.Addr, sizeMB, k, row.Name)
+		}
 		return s.Daemonless.Build(ctx, root, proj.Args(scenario.RegistryCache(b1, export), output), logPath)
 	case "warm":
 		if err := scenario.CloneCache(pristine, cacheDir); err != nil {
 			return scenario.Result{}, err
 		}
-		return warm.MeasureBuild(ctx, proj.Args(scenario.LocalCache(cacheDir, true), output), logPath)
+		return warm.MeasureBuild(ctx, proj.Args(row.LocalCache(cacheDir, true), output), logPath)
 	}
 	return scenario.Result{}, errors.Errorf("unknown column %q", col.Name)
 }

@@ -42,8 +42,24 @@ func totalSecs(r scenario.Result) float64 { return r.Total.Seconds() }
 func extracting(r scenario.Result) float64 {
 	return float64(r.Extract.Lines)
 }
-func rootMB(r scenario.Result) float64 { return float64(r.RootBytes) / scenario.MB }
-func rssMB(r scenario.Result) float64  { return float64(r.PeakRSS) / scenario.MB }
+func rootMB(r scenario.Result) float64   { return float64(r.RootBytes) / scenario.MB }
+func rssMB(r scenario.Result) float64    { return float64(r.PeakRSS) / scenario.MB }
+func hashSecs(r scenario.Result) float64 { return r.HashFloor.Seconds() }
+func hashMB(r scenario.Result) float64   { return float64(r.HashBytes) / scenario.MB }
+
+// hashFloor is the median time to sha256 what the lazy builds of row
+// exported to a new directory, "" for rows that export nowhere new.
+func (r *sizeResult) hashFloor(row scenario.Case) string {
+	if !row.NewDir {
+		return ""
+	}
+	c := r.get(row.Name, "lazy")
+	if c == nil || len(c.Runs) == 0 {
+		return "n/a"
+	}
+	t := c.sample(hashSecs)
+	return fmt.Sprintf("%s s (%s–%s) for %.0f MB", fmtSecs(t.Median()), fmtSecs(t.Min()), fmtSecs(t.Max()), c.sample(hashMB).Median())
+}
 
 func (r *sizeResult) get(row, col string) *cell {
 	if r.Cells[row] == nil {
@@ -104,7 +120,7 @@ func (rep *report) sizeTable(r *sizeResult) mdtable.Table {
 	for _, c := range columns {
 		tb.Header = append(tb.Header, c.Title)
 	}
-	tb.Header = append(tb.Header, "lazy/eager", "lazy/registry", "lazy/floor")
+	tb.Header = append(tb.Header, "lazy/eager", "lazy/registry", "lazy/floor", "sha256 of DIR-new")
 	for _, row := range rep.Opts.Rows {
 		cells := []string{row.Title}
 		for _, c := range columns {
@@ -114,7 +130,8 @@ func (rep *report) sizeTable(r *sizeResult) mdtable.Table {
 		cells = append(cells,
 			fmtRatio(stats.Ratio(lazy, r.median(row.Name, "eager"))),
 			fmtRatio(stats.Ratio(lazy, r.median(row.Name, "registry"))),
-			fmtRatio(stats.Ratio(lazy, r.median(row.Name, "warm"))))
+			fmtRatio(stats.Ratio(lazy, r.median(row.Name, "warm"))),
+			r.hashFloor(row))
 		tb.AddRow(cells...)
 	}
 	return tb
@@ -298,7 +315,14 @@ func (rep *report) markdown() string {
 	fmt.Fprintf(&b, "- report's Dockerfile: a source file changes, so the last `COPY . ./` re-runs and mounts its parent.\n")
 	fmt.Fprintf(&b, "- `COPY --link`: the same change, but the copy does not need its parent.\n")
 	fmt.Fprintf(&b, "- all steps cached: nothing changes.\n")
-	fmt.Fprintf(&b, "- all cached + `--output type=oci,dest=FILE`: the image is exported as an OCI tarball.\n\n")
+	fmt.Fprintf(&b, "- all cached + `--output type=oci,dest=FILE`: the image is exported as an OCI tarball.\n")
+	fmt.Fprintf(&b, "- all cached, cache exported to a new directory: nothing changes, but the cache is exported to\n")
+	fmt.Fprintf(&b, "  `DIR-new` (`--export-cache type=local,dest=DIR-new,mode=max`), as a CI job that rotates its cache\n")
+	fmt.Fprintf(&b, "  directory does; every blob is read from `DIR` and written there. The registry column exports to a\n")
+	fmt.Fprintf(&b, "  repository of its own. Beside it, \"sha256 of DIR-new\": the time to sha256 every file that landed in\n")
+	fmt.Fprintf(&b, "  `DIR-new` (lazy runs, read back right after the build, same machine, same run), a floor for any export.\n")
+	fmt.Fprintf(&b, "- all cached, cache exported with reset=true: nothing changes; the cache is exported into `DIR` with\n")
+	fmt.Fprintf(&b, "  `reset=true`, which deletes the blobs the export does not use (the registry column: as for all cached).\n\n")
 	fmt.Fprintf(&b, "Ways of running build 2 (columns):\n\n")
 	fmt.Fprintf(&b, "- eager local import: fresh buildkitd (`buildctl-daemonless.sh`), `--import-cache type=local,src=DIR`.\n")
 	fmt.Fprintf(&b, "- lazy local import: the same with `lazy=true`.\n")
@@ -362,7 +386,7 @@ func firstLine(s string) string {
 func (rep *report) chart() error {
 	var panels []chart.Panel
 	groups := make([]string, len(rep.Opts.Rows))
-	short := map[string]string{"report": "report's", "link": "COPY --link", "cached": "all cached", "oci": "cached + oci"}
+	short := map[string]string{"report": "report's", "link": "COPY --link", "cached": "all cached", "oci": "cached + oci", "newdir": "cached, new dir", "reset": "cached, reset"}
 	for i, row := range rep.Opts.Rows {
 		groups[i] = short[row.Name]
 	}
@@ -390,8 +414,27 @@ func (rep *report) chart() error {
 	return chart.Render(rep.Opts.PNG, title, series, panels)
 }
 
+// keepMarker ends the generated part of the report: what follows it in the
+// file (analysis written by hand, such as profiles) is kept when the report
+// is written again.
+const keepMarker = "<!-- end of make bench output; what follows is kept when make bench rewrites this file -->\n"
+
+// keptTail returns the marker and what follows it in the file at path, or
+// the marker alone.
+func keptTail(path string) string {
+	old, err := os.ReadFile(path)
+	if err != nil {
+		return keepMarker
+	}
+	if _, tail, ok := strings.Cut(string(old), keepMarker); ok {
+		return keepMarker + tail
+	}
+	return keepMarker
+}
+
 func (rep *report) write() error {
-	if err := os.WriteFile(rep.Opts.MD, []byte(rep.markdown()), 0o644); err != nil {
+	md := rep.markdown() + "\n" + keptTail(rep.Opts.MD)
+	if err := os.WriteFile(rep.Opts.MD, []byte(md), 0o644); err != nil {
 		return errors.Wrapf(err, "failed to write %s", rep.Opts.MD)
 	}
 	return rep.chart()
@@ -399,7 +442,7 @@ func (rep *report) write() error {
 
 // summary is what the terminal shows at the end: medians and ratios.
 func (rep *report) summary() string {
-	tb := mdtable.Table{Header: []string{"size", "scenario", "eager s", "lazy s", "registry s", "warm s", "lazy/eager", "lazy/registry", "lazy/floor", "extracting e/l"}}
+	tb := mdtable.Table{Header: []string{"size", "scenario", "eager s", "lazy s", "registry s", "warm s", "lazy/eager", "lazy/registry", "lazy/floor", "extracting e/l", "sha256 of DIR-new"}}
 	for _, r := range rep.Sizes {
 		for _, row := range rep.Opts.Rows {
 			l := r.median(row.Name, "lazy")
@@ -408,7 +451,8 @@ func (rep *report) summary() string {
 				fmtRatio(stats.Ratio(l, r.median(row.Name, "eager"))),
 				fmtRatio(stats.Ratio(l, r.median(row.Name, "registry"))),
 				fmtRatio(stats.Ratio(l, r.median(row.Name, "warm"))),
-				fmt.Sprintf("%.0f/%.0f", r.get(row.Name, "eager").sample(extracting).Median(), r.get(row.Name, "lazy").sample(extracting).Median()))
+				fmt.Sprintf("%.0f/%.0f", r.get(row.Name, "eager").sample(extracting).Median(), r.get(row.Name, "lazy").sample(extracting).Median()),
+				r.hashFloor(row))
 		}
 	}
 	var b strings.Builder

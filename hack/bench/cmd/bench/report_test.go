@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -94,4 +96,15 @@ func TestParseFlags(t *testing.T) {
 	require.ErrorContains(t, err, "-size")
 	_, err = parseRows("cached,nope")
 	require.ErrorContains(t, err, `unknown case "nope"`)
+}
+
+// What follows the marker in the existing report survives a rewrite.
+func TestKeptTail(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "b.md")
+	require.Equal(t, keepMarker, keptTail(p), "no file yet")
+	require.NoError(t, os.WriteFile(p, []byte("# old figures\n"+keepMarker+"## Where the time goes\n"), 0o644))
+	require.Equal(t, keepMarker+"## Where the time goes\n", keptTail(p))
+	require.NoError(t, os.WriteFile(p, []byte("# no marker\n"), 0o644))
+	require.Equal(t, keepMarker, keptTail(p))
 }
