@@ -12,6 +12,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -167,6 +168,13 @@ func run(ctx context.Context, opts options) error {
 
 	rep := &report{Opts: opts, Started: time.Now(), Machine: scenario.DescribeMachine(tools), Mode: s.Daemonless.Mode()}
 	rep.LoadStart = rep.Machine.LoadAvg
+	if opts.Baseline != "" {
+		out, err := exec.CommandContext(ctx, opts.Baseline, "--version").Output()
+		if err != nil {
+			return errors.Wrapf(err, "baseline buildkitd %s", opts.Baseline)
+		}
+		rep.BaselineVersion = strings.TrimSpace(string(out))
+	}
 	s.Logf("machine: %d cores, kernel %s, %s", rep.Machine.Cores, rep.Machine.Kernel, rep.Machine.Buildkitd)
 	for _, size := range opts.Sizes {
 		res, err := benchSize(ctx, s, opts, size, rep)

@@ -23,7 +23,10 @@ type report struct {
 	Mode      string
 	LoadStart string
 	LoadEnd   string
-	Sizes     []*sizeResult
+	// BaselineVersion is what the baseline buildkitd, if any, says with
+	// --version.
+	BaselineVersion string
+	Sizes           []*sizeResult
 }
 
 func (c *cell) sample(f func(scenario.Result) float64) stats.Sample {
@@ -329,7 +332,12 @@ func (rep *report) markdown() string {
 	fmt.Fprintf(&b, "- registry cache import: fresh buildkitd, `--import-cache`/`--export-cache type=registry` to the\n")
 	fmt.Fprintf(&b, "  loopback registry (upstream's importer, already lazy).\n")
 	fmt.Fprintf(&b, "- warm daemon (floor): the same build on a buildkitd that made build 1 and was never restarted\n")
-	fmt.Fprintf(&b, "  (lazy local import flags).\n\n")
+	fmt.Fprintf(&b, "  (lazy local import flags).\n")
+	if rep.Opts.Baseline != "" {
+		fmt.Fprintf(&b, "- lazy, baseline buildkitd: the lazy local import with another buildkitd, `%s`\n", rep.Opts.Baseline)
+		fmt.Fprintf(&b, "  (%s), same client, interleaved with the other columns: before/after in one run.\n", rep.BaselineVersion)
+	}
+	b.WriteString("\n")
 	fmt.Fprintf(&b, "Each cell: **median** build 2 wall time of %d runs (min–max), where the time is `buildctl build`\n", rep.Opts.Runs)
 	fmt.Fprintf(&b, "alone, timed inside the wrapper; then the median of: `extracting sha256:` lines in\n")
 	fmt.Fprintf(&b, "`--progress=plain` output; MB under the daemon's `--root` (apparent size, like `du -sb`, after the\n")
