@@ -2,7 +2,6 @@ package local
 
 import (
 	"fmt"
-	"hash"
 	"io"
 	"sync"
 
@@ -21,10 +20,6 @@ import (
 // stay behind. onCorrupt runs before the error is returned, while the
 // daemon's writer for the blob is still open, so that the caller can drop
 // the partial copy.
-//
-// Reads before the last are hashed by a goroutine of their own, while the
-// daemon writes them and the next one crosses the session; the last read
-// waits for it.
 type verifiedReaderAt struct {
 	content.ReaderAt
 	desc ocispecs.Descriptor
@@ -37,9 +32,6 @@ type verifiedReaderAt struct {
 	// nil once verification is off.
 	digester digest.Digester
 	next     int64
-	// pipe hashes into digester in the background; nil until the first
-	// read that does not end the blob.
-	pipe *hashPipe
 }
 
 // newVerifiedReaderAt verifies reads of ra against desc. Without a usable
@@ -67,7 +59,7 @@ func (r *verifiedReaderAt) ReadAt(b []byte, off int64) (int, error) {
 		if r.next != 0 || off > r.desc.Size {
 			// Random access: the content store checks the digest at
 			// commit, as for any other provider.
-			r.stop()
+			r.digester = nil
 			return r.ReaderAt.ReadAt(b, off)
 		}
 		// A resumed fetch: the daemon holds the first off bytes from an
@@ -88,101 +80,25 @@ func (r *verifiedReaderAt) ReadAt(b []byte, off int64) (int, error) {
 // check hashes the next contiguous read b and, once the blob is complete,
 // compares its digest.
 func (r *verifiedReaderAt) check(b []byte, readErr error) error {
+	r.digester.Hash().Write(b)
 	r.next += int64(len(b))
 	var problem string
 	switch {
 	case r.next > r.desc.Size:
 		problem = fmt.Sprintf("is larger than the %d bytes its descriptor says", r.desc.Size)
 	case r.next == r.desc.Size:
-		if r.pipe != nil {
-			r.pipe.wait()
-			r.pipe = nil
-		}
-		r.digester.Hash().Write(b)
 		if got := r.digester.Digest(); got != r.desc.Digest {
 			problem = "is corrupt: its content has digest " + got.String()
 		}
 	case errors.Is(readErr, io.EOF):
 		problem = fmt.Sprintf("is truncated: %d of %d bytes", r.next, r.desc.Size)
-	default:
-		if r.pipe == nil {
-			r.pipe = newHashPipe(r.digester.Hash())
-		}
-		r.pipe.write(b)
 	}
 	if problem == "" {
 		return nil
 	}
-	r.stop()
+	r.digester = nil
 	if r.onCorrupt != nil {
 		r.onCorrupt()
 	}
 	return errors.Errorf("%s: blob %s %s; delete the cache directory or export the cache again", r.name, r.desc.Digest, problem)
-}
-
-// stop turns verification off; r.mu is held.
-func (r *verifiedReaderAt) stop() {
-	if r.pipe != nil {
-		r.pipe.abandon()
-		r.pipe = nil
-	}
-	r.digester = nil
-}
-
-func (r *verifiedReaderAt) Close() error {
-	r.mu.Lock()
-	r.stop()
-	r.mu.Unlock()
-	return r.ReaderAt.Close()
-}
-
-// hashPipe feeds copies of the chunks given to write to h, in order, from a
-// goroutine of its own. At most hashPipeDepth chunks wait at once.
-type hashPipe struct {
-	chunks chan []byte
-	done   chan struct{}
-}
-
-const hashPipeDepth = 2
-
-// chunkPool recycles the copies hashPipe makes; a fetch reads in chunks of
-// one size (1 MiB for containerd's content.Copy).
-var chunkPool sync.Pool
-
-func newHashPipe(h hash.Hash) *hashPipe {
-	p := &hashPipe{chunks: make(chan []byte, hashPipeDepth), done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
-		for c := range p.chunks {
-			h.Write(c)
-			chunkPool.Put(&c)
-		}
-	}()
-	return p
-}
-
-func (p *hashPipe) write(b []byte) {
-	if len(b) == 0 {
-		return
-	}
-	var c []byte
-	if v, ok := chunkPool.Get().(*[]byte); ok && cap(*v) >= len(b) {
-		c = (*v)[:len(b)]
-	} else {
-		c = make([]byte, len(b))
-	}
-	copy(c, b)
-	p.chunks <- c
-}
-
-// wait returns once every chunk written is hashed.
-func (p *hashPipe) wait() {
-	close(p.chunks)
-	<-p.done
-}
-
-// abandon ends the goroutine after the chunks already written, without
-// waiting for it.
-func (p *hashPipe) abandon() {
-	close(p.chunks)
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
 	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
@@ -130,44 +129,4 @@ type providerFunc func(ocispecs.Descriptor) (content.ReaderAt, error)
 
 func (f providerFunc) ReaderAt(_ context.Context, desc ocispecs.Descriptor) (content.ReaderAt, error) {
 	return f(desc)
-}
-
-// Hashing runs beside the reads; a reader closed or turned to random access
-// midway ends that goroutine and reads on unchecked.
-func TestVerifiedReaderAtStopsHashing(t *testing.T) {
-	good := blobData(3 << 20)
-	desc := ocispecs.Descriptor{Digest: digest.FromBytes(good), Size: int64(len(good))}
-	chunk := make([]byte, 1<<20)
-
-	for _, tc := range []struct {
-		name string
-		stop func(ra content.ReaderAt) error
-	}{
-		{name: "closed", stop: func(ra content.ReaderAt) error { return ra.Close() }},
-		{name: "random access", stop: func(ra content.ReaderAt) error {
-			n, err := ra.ReadAt(chunk[:10], 5)
-			require.Equal(t, good[5:15], chunk[:n])
-			return err
-		}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			ra := newVerifiedReaderAt(newReaderAtBytes(good), desc, "local cache /c", nil)
-			_, err := ra.ReadAt(chunk, 0)
-			require.NoError(t, err)
-			v := ra.(*verifiedReaderAt)
-			pipe := v.pipe
-			require.NotNil(t, pipe, "a read that does not end the blob is hashed in the background")
-			require.NoError(t, tc.stop(ra))
-			select {
-			case <-pipe.done:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the hashing goroutine did not end")
-			}
-			require.Nil(t, v.digester, "verification is off")
-			// The rest reads unchecked, to the end.
-			n, err := ra.ReadAt(chunk, 2<<20)
-			require.Equal(t, good[2<<20:], chunk[:n])
-			require.NoError(t, err)
-		})
-	}
 }
