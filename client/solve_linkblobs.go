@@ -10,7 +10,6 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
-	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/buildkit/client/ociindex"
 	"github.com/moby/buildkit/identity"
@@ -46,6 +45,8 @@ import (
 type blobLinker struct {
 	// from are the directories imported lazily.
 	from []string
+	// stores are their content stores, those the solve imports them with.
+	stores map[string]content.Store
 
 	mu sync.Mutex
 	// checks holds a check per blob file of a directory in from, running
@@ -71,10 +72,14 @@ const maxBackgroundChecks = 4
 
 // newBlobLinker returns the linker for a solve that imports the directories
 // in lazyImports lazily and exports the cache to the directories that key
-// exportDirs. It starts checking blobs in the background when an export
+// exportDirs; stores holds the solve's content stores by ID ("local:" +
+// directory). It starts checking blobs in the background when an export
 // directory is not one of the imported ones; stop ends that.
-func newBlobLinker(ctx context.Context, lazyImports []string, exportDirs map[string]string) *blobLinker {
-	l := &blobLinker{from: lazyImports, checks: map[string]*blobCheck{}}
+func newBlobLinker(ctx context.Context, lazyImports []string, exportDirs map[string]string, stores map[string]content.Store) *blobLinker {
+	l := &blobLinker{from: lazyImports, stores: map[string]content.Store{}, checks: map[string]*blobCheck{}}
+	for _, dir := range lazyImports {
+		l.stores[dir] = stores["local:"+dir]
+	}
 	var targets []string
 	for dir := range exportDirs {
 		if len(l.others(dir)) > 0 {
@@ -119,7 +124,7 @@ func (l *blobLinker) exportStore(cs content.Store, dir string) content.Store {
 	if len(others) == 0 {
 		return cs
 	}
-	return &linkingStore{Store: cs, linker: l, dir: dir, from: others}
+	return &linkingStore{Store: cs, linker: l, dir: dir}
 }
 
 // checkAll checks, on up to maxBackgroundChecks goroutines, every blob that
@@ -132,7 +137,7 @@ func (l *blobLinker) checkAll(ctx context.Context, targets []string) {
 	}
 	var blobs []blob
 	for _, dir := range l.from {
-		descs, err := referencedBlobs(ctx, dir)
+		descs, err := referencedBlobs(ctx, dir, l.stores[dir])
 		if err != nil {
 			bklog.G(ctx).WithError(err).Debugf("lazy cache import %s: not checking its blobs ahead of the export", dir)
 			continue
@@ -167,13 +172,13 @@ func (l *blobLinker) checkAll(ctx context.Context, targets []string) {
 }
 
 // referencedBlobs lists the blobs with a size that the manifests in the
-// index of the cache directory dir reference, the manifests included.
-func referencedBlobs(ctx context.Context, dir string) ([]ocispecs.Descriptor, error) {
-	index, err := ociindex.NewStoreIndex(dir).Read()
-	if err != nil {
-		return nil, err
+// index of the cache directory dir, whose content store is cs, reference,
+// the manifests included.
+func referencedBlobs(ctx context.Context, dir string, cs content.Store) ([]ocispecs.Descriptor, error) {
+	if cs == nil {
+		return nil, errors.Errorf("no content store for %s", dir)
 	}
-	cs, err := contentlocal.NewStore(dir)
+	index, err := ociindex.NewStoreIndex(dir).Read()
 	if err != nil {
 		return nil, err
 	}
@@ -279,13 +284,12 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 	return r.r.Read(p)
 }
 
-// linkingStore is the content store of a local cache export directory that
-// takes blobs from the lazily imported directories from.
+// linkingStore is the content store of a local cache export directory dir
+// that takes blobs from the other directories the solve imports lazily.
 type linkingStore struct {
 	content.Store
 	linker *blobLinker
 	dir    string
-	from   []string
 }
 
 func (s *linkingStore) Writer(ctx context.Context, opts ...content.WriterOpt) (content.Writer, error) {
@@ -298,7 +302,7 @@ func (s *linkingStore) Writer(ctx context.Context, opts ...content.WriterOpt) (c
 	dgst := wOpts.Desc.Digest
 	if dgst.Validate() == nil && wOpts.Desc.Size > 0 {
 		if _, err := s.Store.Info(ctx, dgst); err != nil && cerrdefs.IsNotFound(err) {
-			for _, d := range s.from {
+			for _, d := range s.linker.others(s.dir) {
 				ok, err := s.linker.link(ctx, blobPath(d, dgst), blobPath(s.dir, dgst), dgst, wOpts.Desc.Size)
 				if err != nil {
 					bklog.G(ctx).WithError(err).Debugf("not taking blob %s from %s", dgst, d)

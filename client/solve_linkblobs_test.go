@@ -17,10 +17,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// newTestLinker is the linker of a solve importing imported lazily and
-// exporting to dest; it is stopped when the test ends.
-func newTestLinker(t *testing.T, imported, dest string) *blobLinker {
-	l := newBlobLinker(t.Context(), []string{imported}, map[string]string{dest: "latest"})
+// newTestLinker is the linker of a solve importing imported (content store
+// cs) lazily and exporting to dest; it is stopped when the test ends.
+func newTestLinker(t *testing.T, imported string, cs content.Store, dest string) *blobLinker {
+	l := newBlobLinker(t.Context(), []string{imported}, map[string]string{dest: "latest"}, map[string]content.Store{"local:" + imported: cs})
 	t.Cleanup(l.stop)
 	return l
 }
@@ -43,13 +43,13 @@ func waitChecked(t *testing.T, l *blobLinker, path string) error {
 func TestLazyImportBlobsLinkedIntoExport(t *testing.T) {
 	ctx := t.Context()
 	layer := []byte("layer held by the imported directory")
-	imported, _, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{layer}, "latest")
+	imported, importedStore, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{layer}, "latest")
 	desc := ocispecs.Descriptor{Digest: digest.FromBytes(layer), Size: int64(len(layer))}
 	dest := t.TempDir()
 	destStore, err := contentlocal.NewStore(dest)
 	require.NoError(t, err)
 
-	l := newTestLinker(t, imported, dest)
+	l := newTestLinker(t, imported, importedStore, dest)
 	require.NoError(t, waitChecked(t, l, blobPath(imported, desc.Digest)))
 
 	export := &cacheExportStore{Store: l.exportStore(destStore, dest), lock: flock.New(filepath.Join(dest, "cache.lock"))}
@@ -74,7 +74,7 @@ func TestLazyImportBlobsNotLinked(t *testing.T) {
 	ctx := t.Context()
 	good := []byte("the real content of the layer")
 	bad := []byte("the real content of the LAYER")
-	imported, _, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{good}, "latest")
+	imported, importedStore, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{good}, "latest")
 	desc := ocispecs.Descriptor{Digest: digest.FromBytes(good), Size: int64(len(good))}
 	require.NoError(t, os.Chmod(blobPath(imported, desc.Digest), 0o644))
 	require.NoError(t, os.WriteFile(blobPath(imported, desc.Digest), bad, 0o644))
@@ -82,7 +82,7 @@ func TestLazyImportBlobsNotLinked(t *testing.T) {
 	dest := t.TempDir()
 	destStore, err := contentlocal.NewStore(dest)
 	require.NoError(t, err)
-	l := newTestLinker(t, imported, dest)
+	l := newTestLinker(t, imported, importedStore, dest)
 	require.ErrorContains(t, waitChecked(t, l, blobPath(imported, desc.Digest)), "does not match its digest")
 	store := l.exportStore(destStore, dest)
 
@@ -115,11 +115,11 @@ func TestLazyImportBlobsReplacedAfterCheck(t *testing.T) {
 		{name: "intact", replacement: good, taken: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			imported, _, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{good}, "latest")
+			imported, importedStore, _ := setupCacheStore(ctx, t, []byte(`{}`), [][]byte{good}, "latest")
 			dest := t.TempDir()
 			destStore, err := contentlocal.NewStore(dest)
 			require.NoError(t, err)
-			l := newTestLinker(t, imported, dest)
+			l := newTestLinker(t, imported, importedStore, dest)
 			src := blobPath(imported, desc.Digest)
 			require.NoError(t, waitChecked(t, l, src))
 
@@ -146,7 +146,7 @@ func TestLazyImportBlobsReplacedAfterCheck(t *testing.T) {
 // itself, and nothing is checked in the background for it.
 func TestLazyImportBlobsSameDirectory(t *testing.T) {
 	imported, cs, _ := setupCacheStore(t.Context(), t, []byte(`{}`), [][]byte{[]byte("layer")}, "latest")
-	l := newTestLinker(t, imported, imported+"/")
+	l := newTestLinker(t, imported, cs, imported+"/")
 	require.Nil(t, l.cancel, "no background check")
 	require.Equal(t, cs, l.exportStore(cs, imported))
 }
