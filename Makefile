@@ -6,14 +6,17 @@
 #   make test            everything below, on a real buildkitd with runc
 #   make test-stress     concurrent lazy imports of one directory while builds
 #                        reset and rotate it (hack/bench/cmd/stress)
-#   make upstream-patch  dist/patches/: git format-patch of our series in
-#                        build/buildkit, what we send upstream
+#   make upstream-patch  dist/patches/NN-name/: each of our pull requests
+#                        (series/NN-name) as we send it upstream: its cover
+#                        letter and git format-patch of its commits
 #   make demo, bench     eager vs lazy rebuilds (hack/bench)
 #
 # The repository keeps only what we wrote: our files at upstream's paths,
-# *.diff files for the upstream files we edit, and series/, which says
-# which of them make each commit. Every Go test of the patch runs inside
-# build/buildkit, the tree the patch is made from.
+# *.diff files for the upstream files we edit, and series/: one directory
+# per pull request, its cover text and its commits, which name those files.
+# Every Go test of the patch runs inside build/buildkit, the tree the patch
+# is made from. Our own wider tests live in modules under hack/, daemonless/
+# and image/, outside the pull requests.
 
 SHELL := /bin/bash
 BUILDKIT_VERSION := v0.34.2
@@ -58,32 +61,32 @@ mirror: deps
 vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
-	cd $(TREE) && go vet -lostcancel=false ./cache/remotecache/local/ ./util/testutil/cachetest/ ./client/
+	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/local/ ./util/contentutil/ ./client/
 	for m in hack/bench hack/testimages daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
 test-unit: tree
-	cd $(TREE) && go test -count=1 ./cache/remotecache/local/
+	cd $(TREE) && go test -count=1 ./cache/ ./cache/remotecache/ ./cache/remotecache/local/ ./util/contentutil/
 	cd $(TREE) && go test -count=1 -skip '^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$' ./client/
 	for m in hack/bench hack/testimages; do (cd $$m && go test -count=1 ./...) || exit 1; done
 
-# Our integration tests and upstream's client Cache tests
-# (hack/upstream-cache-tests.txt), in the tree, on bin/buildkitd with the
-# runc worker; a skipped test fails the run.
+# The integration tests our pull requests add and upstream's client cache
+# tests (hack/upstream-cache-tests.txt), in the tree, on bin/buildkitd with
+# the runc worker; a skipped test fails the run.
 test-integration: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-integration $(TREE)
 
-# The series as git format-patch writes it, and a check that it applies to
-# upstream's source at the pin with git am, gives the tree we test, and
-# builds and passes its unit tests at every commit.
+# Each pull request as we send it, and a check that each applies to
+# upstream's source at the pin with git am (alone or on the PR its cover
+# names as base), builds and passes its unit tests at every commit and its
+# integration tests on its own build, and that in order they give the tree
+# we test.
 upstream-patch: tree
-	@rm -rf dist/patches
-	git -C $(TREE) format-patch -q -o $(CURDIR)/dist/patches upstream..HEAD
-	@ls dist/patches
+	hack/upstream-patch $(TREE) dist/patches
 
-test-series: upstream-patch
-	hack/test-series $(TREE) dist/patches
+test-series: deps mirror upstream-patch
+	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-series $(TREE) dist/patches
 
 test: deps vet test-unit build test-integration test-series test-wrapper test-buildx test-stress test-image
 

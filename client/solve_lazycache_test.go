@@ -42,9 +42,3 @@ func TestLockLazyCacheImportsSharesWithExports(t *testing.T) {
 	writeBlob(ctx, t, export, []byte("exported while imported lazily"))
 	require.True(t, export.lock.RLocked())
 }
-
-// Where no lock file can be made, the import goes on without a lock.
-func TestLockLazyCacheImportsWithoutLockFile(t *testing.T) {
-	release := lockLazyCacheImports(t.Context(), []string{filepath.Join(t.TempDir(), "does-not-exist")})
-	release()
-}

@@ -1,0 +1,42 @@
+# Sourced by hack/test-integration and hack/test-series: runs integration
+# tests of upstream's framework on the buildkitd first in PATH, with the runc
+# worker, and fails on a test that fails, is skipped or does not run.
+
+# integration_requirements fails with what to install when something the
+# tests need is missing.
+integration_requirements() {
+	[ "$(id -u)" = 0 ] || fail "integration tests run buildkitd with the runc worker: run them as root"
+	command -v runc >/dev/null || fail "runc not found: apt-get install runc (make deps)"
+	command -v registry >/dev/null || fail "registry not found: apt-get install docker-registry and link it as bin/registry (make deps)"
+	[ -d "${BUILDKIT_REGISTRY_MIRROR_DIR:-}" ] || fail "BUILDKIT_REGISTRY_MIRROR_DIR is not a directory: make mirror fills one"
+}
+
+# integration_run TREE PKG SUFFIX GROUP/NAME...: runs GROUP/NAME/worker=oci
+# SUFFIX in TREE/PKG and checks that each passed under every variant and
+# that none was skipped.
+integration_run() {
+	local tree=$1 pkg=$2 suffix=$3
+	shift 3
+	local groups names re log test
+	command -v buildkitd >/dev/null || fail "buildkitd not in PATH"
+	groups=$(printf '%s\n' "$@" | cut -d/ -f1 | sort -u | paste -sd'|')
+	names=$(printf '%s\n' "$@" | cut -d/ -f2 | paste -sd'|')
+	re="^($groups)\$/^($names)\$/^worker=oci\$$suffix"
+	log=$(mktemp)
+	echo "integration: $pkg: $# tests on $(buildkitd --version)"
+	if ! (cd "$tree" && go test -count=1 -v -timeout 60m -run "$re" "./$pkg") >"$log" 2>&1; then
+		grep -E '^\s*--- (FAIL|SKIP)|^(FAIL|panic:)' "$log" >&2 || true
+		tail -n 200 "$log" >&2
+		rm -f "$log"
+		fail "$pkg: go test failed"
+	fi
+	if grep -E -- '--- SKIP' "$log" >&2; then
+		rm -f "$log"
+		fail "$pkg: the tests above were skipped"
+	fi
+	for test in "$@"; do
+		grep -qE -- "--- PASS: $test/worker=oci" "$log" || { rm -f "$log"; fail "$pkg: $test did not run"; }
+	done
+	grep -E -- '--- PASS: [A-Za-z]+/' "$log" | sed 's/^[[:space:]]*//'
+	rm -f "$log"
+}
