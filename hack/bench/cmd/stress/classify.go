@@ -9,18 +9,18 @@ type Kind string
 
 // The kinds a build may end with. Expected reports which of them the
 // project documents as a possible outcome of a lazily imported directory
-// changing under a build (README "When something is wrong",
-// cache/remotecache/local/provider.go and verify.go); any other fails the
-// run.
+// changing under a build (docs/lazy-local-cache.md); any other fails the
+// run. The daemon reports every lazy read that fails as "failed to read
+// blob <digest> from local cache <dir>: <cause>"; the cause decides the
+// kind.
 const (
 	KindOK Kind = "ok"
 
 	// Documented failures of a lazy import.
-	KindMissing    Kind = "blob missing"       // "... is missing from the cache directory"
-	KindNoSession  Kind = "no session"         // "no active session of this build serves the cache directory"
-	KindUnreadable Kind = "blob unreadable"    // "could not read blob ... through session"
-	KindCorrupt    Kind = "blob corrupt"       // "blob ... is corrupt" / "is truncated" / "is larger than"
-	KindNoManifest Kind = "manifest not found" // "no session of this build holds cache manifest"
+	KindMissing    Kind = "blob missing"    // the directory no longer holds the blob: "...: not found"
+	KindNoSession  Kind = "not served"      // no session of the build serves the directory
+	KindUnreadable Kind = "blob unreadable" // any other cause of a failed read
+	KindCorrupt    Kind = "blob corrupt"    // the blob read does not match its digest ("unexpected commit digest")
 
 	// Upstream's local cache exporter, unchanged by the project, writing
 	// into a directory that a rotation removed under it: not an import
@@ -39,7 +39,7 @@ const (
 // Kinds lists every kind in the order the summary shows them.
 var Kinds = []Kind{
 	KindOK,
-	KindMissing, KindNoSession, KindUnreadable, KindCorrupt, KindNoManifest,
+	KindMissing, KindNoSession, KindUnreadable, KindCorrupt,
 	KindExportRemoved,
 	KindClosing, KindTimeout, KindWrongOutput, KindDaemonExited, KindOther, KindNoError,
 }
@@ -47,28 +47,25 @@ var Kinds = []Kind{
 // Expected reports whether a build that ended with k leaves the run green.
 func (k Kind) Expected() bool {
 	switch k {
-	case KindOK, KindMissing, KindNoSession, KindUnreadable, KindCorrupt, KindNoManifest, KindExportRemoved:
+	case KindOK, KindMissing, KindNoSession, KindUnreadable, KindCorrupt, KindExportRemoved:
 		return true
 	}
 	return false
 }
 
-// documented maps a distinctive part of each documented error text to its
-// kind, most specific first. A documented error may quote the session
-// error it fell back from ("could not read blob ... (rpc error: ... the
-// client connection is closing)"): that is the wrapping the failover
-// exists for, so these are matched before gRPC's text.
-var documented = []struct {
+// readFailure is how the daemon reports a lazy read that failed.
+const readFailure = "failed to read blob "
+
+// causes maps a distinctive part of the cause of a failed lazy read to its
+// kind, in order.
+var causes = []struct {
 	text string
 	kind Kind
 }{
-	{"is missing from the cache directory", KindMissing},
-	{"no active session of this build serves the cache directory", KindNoSession},
-	{"no session of this build holds cache manifest", KindNoManifest},
-	{" is corrupt: its content has digest", KindCorrupt},
-	{" is truncated: ", KindCorrupt},
-	{" is larger than the ", KindCorrupt},
-	{"could not read blob ", KindUnreadable},
+	{"unknown store ", KindNoSession},
+	{"unknown service containerd.services.content.v1.Content", KindNoSession},
+	{"no active sessions", KindNoSession},
+	{": not found", KindMissing},
 }
 
 // closing are gRPC's texts for a call on a connection that is going away.
@@ -100,10 +97,22 @@ func Classify(errText, exportDir string) Kind {
 	if errText == "" {
 		return KindNoError
 	}
-	for _, d := range documented {
-		if strings.Contains(errText, d.text) && strings.Contains(errText, "local cache ") {
-			return d.kind
+	if i := strings.Index(errText, readFailure); i >= 0 && strings.Contains(errText[i:], " from local cache ") {
+		cause := errText[i:]
+		for _, c := range closing {
+			if strings.Contains(cause, c) {
+				return KindClosing
+			}
 		}
+		for _, c := range causes {
+			if strings.Contains(cause, c.text) {
+				return c.kind
+			}
+		}
+		return KindUnreadable
+	}
+	if strings.Contains(errText, "unexpected commit digest") {
+		return KindCorrupt
 	}
 	if exportDir != "" && strings.Contains(errText, "no such file or directory") &&
 		strings.Contains(errText, exportDir+"/") && !strings.Contains(errText, "local cache ") {
