@@ -31,6 +31,8 @@ func main() {
 	workDir := flag.String("workdir", os.TempDir(), "parent of the run's temporary directory")
 	repo := flag.String("repo", "", "repository root, holding bin/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
 	lazy := flag.Bool("lazy", true, "import with lazy=true; -lazy=false runs the same rounds with upstream's eager import, for comparison")
+	soak := flag.Duration("soak", 0, "instead of rounds, run lazy builds back to back for this long while another build exports with reset=true every -reset-every, and print the directory's size after each reset")
+	resetEvery := flag.Duration("reset-every", 10*time.Second, "with -soak, the time between two resets")
 	keep := flag.Bool("keep", false, "keep the work directory (logs, cache directory) after a run that passed; a failed run always keeps it")
 	flag.Parse()
 
@@ -51,6 +53,7 @@ func main() {
 	cfg := config{
 		builds: *builds, rounds: *rounds, size: int64(*sizeMB) * scenario.MB,
 		timeout: *timeout, stagger: *stagger, lazy: *lazy, keep: *keep,
+		soak: *soak, resetEvery: *resetEvery,
 	}
 	if err := run(ctx, root, *workDir, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "stress:", err)
@@ -65,6 +68,8 @@ type config struct {
 	stagger        time.Duration
 	lazy           bool
 	keep           bool
+	soak           time.Duration
+	resetEvery     time.Duration
 }
 
 // role is what a build does with the shared directory besides importing
@@ -162,6 +167,16 @@ func run(ctx context.Context, repo, workDir string, cfg config) (err error) {
 		return errors.Errorf("seed build failed (%s): %s; log %s", seed.kind, seed.err, seed.log())
 	}
 	s.Logf("seeded %s in %s", r.cache, seed.took.Round(time.Millisecond))
+	if cfg.soak > 0 {
+		bad, err := r.soak(ctx)
+		if err != nil {
+			return err
+		}
+		if bad > 0 {
+			return errors.Errorf("%d builds ended in a way the project does not document; logs kept under %s", bad, s.Dir)
+		}
+		return nil
+	}
 
 	var all [][]*job
 	var runErr error
