@@ -254,8 +254,10 @@ func watch() (chan *client.SolveStatus, *progress, func()) {
 			for _, v := range st.Vertexes {
 				nv := vertex{name: v.Name, cached: v.Cached, completed: v.Completed != nil, err: v.Error}
 				// Pulling a lazily imported layer of a cached step reports
-				// the step again, without the flag.
-				if prev, ok := p.vertices[v.Digest]; ok && prev.cached {
+				// the step again, without the flag. A cached report with an
+				// error is a cache load that failed (a missing blob): the
+				// step runs after it.
+				if prev, ok := p.vertices[v.Digest]; ok && prev.cached && prev.err == "" {
 					nv.cached = true
 				}
 				p.vertices[v.Digest] = nv

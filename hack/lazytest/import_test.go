@@ -130,8 +130,8 @@ func testLazyMountedCorrect(t *testing.T, sb integration.Sandbox) {
 
 	layers := ociLayers(t, ociTar)
 	require.Len(t, layers, len(s.mfst.Layers)+1)
-	for i, l := range layers[:len(layers)-1] {
-		require.Equal(t, s.mfst.Layers[i].Digest, l.Digest, "layer %d", i)
+	for _, l := range layers[:len(layers)-1] {
+		require.True(t, hasLayer(s.mfst, l.Digest), "exported layer %s is an imported one", l.Digest)
 		want, err := os.ReadFile(blobPath(s.dir, l.Digest))
 		require.NoError(t, err, "exported layer %s is an imported blob", l.Digest)
 		require.Equal(t, want, ociLayerBlob(t, ociTar, l), "layer %s unchanged", l.Digest)
