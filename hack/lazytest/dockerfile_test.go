@@ -139,8 +139,8 @@ func testDockerfileLinkRebuild(t *testing.T, sb integration.Sandbox) {
 	seedTar := s.seed(t, "v1\n")
 
 	p, store, ociTar := s.rebuild(t, "v2\n", "")
-	require.True(t, p.cached(t, "RUN sha256sum /data/*"))
-	require.False(t, p.cached(t, "COPY --link app.txt /src/"))
+	require.True(t, p.cached(t, "[deps 2/2] RUN sha256sum /data/* > /deps.txt"))
+	require.False(t, p.cached(t, "[stage-1 3/3] COPY --link app.txt /src/"))
 	// The image export reads every layer to write it into the tarball, so
 	// the store's reads cannot tell a mount; the extraction statuses can.
 	require.Empty(t, p.extracted(), "nothing mounts the imported layers")
@@ -173,8 +173,8 @@ func testDockerfileMultiStageRebuild(t *testing.T, sb integration.Sandbox) {
 
 	out := t.TempDir()
 	p, _, ociTar := s.rebuild(t, "v2\n", out)
-	require.True(t, p.cached(t, "RUN sha256sum /data/*"), "the deps stage comes from the imported cache")
-	require.False(t, p.cached(t, "RUN cat app.txt /deps.txt"), "the step after the change runs")
+	require.True(t, p.cached(t, "[deps 2/2] RUN sha256sum /data/* > /deps.txt"), "the deps stage comes from the imported cache")
+	require.False(t, p.cached(t, "[stage-1 5/5] RUN cat app.txt /deps.txt > /result.txt"), "the step after the change runs")
 
 	for path, want := range map[string]string{
 		"result.txt":  "v2\n" + s.depsSums(),

@@ -305,18 +305,30 @@ func (p *progress) uncached() []string {
 	return out
 }
 
-// cached reports whether the step whose name contains name came from cache;
-// it fails the test when no step has that name.
+// cached reports whether the step named name, or else the one step whose
+// name contains it, came from cache; it fails the test when no step or more
+// than one has that name.
 func (p *progress) cached(t *testing.T, name string) bool {
 	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	var exact, partial []vertex
+	var names []string
 	for _, v := range p.vertices {
-		if strings.Contains(v.name, name) {
-			return v.cached
+		if v.name == name {
+			exact = append(exact, v)
+		} else if strings.Contains(v.name, name) {
+			partial = append(partial, v)
 		}
+		names = append(names, v.name)
 	}
-	t.Fatalf("no step named %q", name)
+	switch {
+	case len(exact) == 1:
+		return exact[0].cached
+	case len(exact) == 0 && len(partial) == 1:
+		return partial[0].cached
+	}
+	t.Fatalf("%d steps named %q, %d whose names contain it, in %q", len(exact), name, len(partial), names)
 	return false
 }
 
