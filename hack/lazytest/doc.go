@@ -8,9 +8,11 @@
 // (BUILDKIT_REGISTRY_MIRROR_DIR), so nothing reaches the network.
 //
 // Which layers a build pulls is seen through a counting content store that
-// serves the cache directory to the daemon as the client does; the one
-// exception is the eager concurrent-reset test, where the client serves the
-// directory itself and the "extracting" status lines are read.
+// serves the cache directory to the daemon as the client does. The
+// "extracting" status lines are read only where a store cannot tell: the
+// Dockerfile COPY --link rebuild, whose image export reads every layer
+// without mounting one, and the eager concurrent-reset test, where the
+// client serves the directory itself (it takes the lock only then).
 //
 // Covered (import_test.go, session_test.go, shared_test.go,
 // readonly_linux_test.go, dockerfile_test.go):
