@@ -4,6 +4,7 @@
 #                        series applied (hack/tree); bin/buildkitd and
 #                        bin/buildctl built from it
 #   make test            everything below, on a real buildkitd with runc
+#   make test-lazy       our wider suite of lazy=true (hack/lazytest)
 #   make test-stress     concurrent lazy imports of one directory while builds
 #                        reset and rotate it (hack/bench/cmd/stress)
 #   make upstream-patch  dist/patches/NN-name/: each of our pull requests
@@ -35,7 +36,7 @@ LDFLAGS := -X $(PKG)/version.Version=$(VERSION) \
 # integration framework looks for (bin/registry).
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: tree build deps mirror vet test test-unit test-integration test-series upstream-patch clean
+.PHONY: tree build deps mirror vet test test-unit test-integration test-series test-lazy upstream-patch clean
 
 tree:
 	@hack/tree $(TREE)
@@ -62,7 +63,7 @@ vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
 	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/local/ ./util/contentutil/ ./client/
-	for m in hack/bench hack/testimages daemonless image; do (cd $$m && go vet ./...) || exit 1; done
+	for m in hack/bench hack/testimages hack/lazytest daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
@@ -88,7 +89,13 @@ upstream-patch: tree
 test-series: deps mirror upstream-patch
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-series $(TREE) dist/patches
 
-test: deps vet test-unit build test-integration test-series test-wrapper test-buildx test-stress test-image
+# Our wider suite of lazy=true (hack/lazytest, see its doc.go), outside the
+# pull requests: upstream's integration framework on bin/buildkitd with the
+# runc worker; a skipped test fails the run.
+test-lazy: deps build mirror
+	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
+
+test: deps vet test-unit build test-integration test-series test-lazy test-wrapper test-buildx test-stress test-image
 
 clean:
 	rm -rf bin build dist

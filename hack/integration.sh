@@ -25,8 +25,10 @@ integration_run() {
 	log=$(mktemp)
 	echo "integration: $pkg: $# tests on $(buildkitd --version)"
 	if ! (cd "$tree" && go test -count=1 -v -timeout 60m -run "$re" "./$pkg") >"$log" 2>&1; then
-		grep -E '^\s*--- (FAIL|SKIP)|^(FAIL|panic:)' "$log" >&2 || true
 		tail -n 200 "$log" >&2
+		# The assertions that failed, which the daemon logs above may bury.
+		grep -E -A12 '^\s*Error Trace:' "$log" | grep -v 'level=' >&2 || true
+		grep -E '^\s*--- (FAIL|SKIP)|^(FAIL|panic:)' "$log" >&2 || true
 		rm -f "$log"
 		fail "$pkg: go test failed"
 	fi
