@@ -74,8 +74,13 @@ func testLazyLocalCacheImportSessionRebind(t *testing.T, sb integration.Sandbox)
 			}
 		}))
 		t.Cleanup(delay.Close)
+		// On a failed assertion, let the builds end before the server closes.
+		releaseB := sync.OnceFunc(func() { close(release) })
+		t.Cleanup(releaseB)
 
 		stateFromA, releaseA, aDone := make(chan llb.State, 1), make(chan struct{}), make(chan error, 1)
+		endA := sync.OnceFunc(func() { close(releaseA) })
+		t.Cleanup(endA)
 		go func() {
 			_, err := c.Build(sb.Context(), SolveOpt{LocalMounts: lc.locals, Session: lc.serve(t, nil)}, "", lc.solve(func(st llb.State) {
 				stateFromA <- st
@@ -113,17 +118,15 @@ func testLazyLocalCacheImportSessionRebind(t *testing.T, sb integration.Sandbox)
 		case err := <-bDone:
 			t.Fatalf("build B ended before loading A's state: %v", err)
 		}
-		endA := func() {
-			close(releaseA)
-			require.NoError(t, <-aDone)
-		}
 		if tc.aEnds {
 			endA()
+			require.NoError(t, <-aDone)
 		}
-		close(release)
+		releaseB()
 		err := <-bDone
 		if !tc.aEnds {
 			endA()
+			require.NoError(t, <-aDone)
 		}
 		if !tc.bImports {
 			require.ErrorContains(t, err, "failed to read blob "+lc.layers[0].String()+" from local cache "+lc.dir)

@@ -12,7 +12,7 @@
 // "extracting" status lines are read only where a store cannot tell: the
 // Dockerfile COPY --link rebuild, whose image export reads every layer
 // without mounting one, and the eager concurrent-reset test, where the
-// client serves the directory itself (it takes the lock only then).
+// client serves the directory itself (it pins only its own store).
 //
 // Covered (import_test.go, session_test.go, shared_test.go,
 // readonly_linux_test.go, dockerfile_test.go):
@@ -33,10 +33,10 @@
 //   - linked builds: B that imports the same directory reads A's lazy layer
 //     through its own session, A ended or not; B that does not import it
 //     fails with "failed to read blob <digest> from local cache <dir>"
-//   - the shared-directory lock (series/04): another job's reset=true export
-//     skips cleanup while a lazy build runs, which still succeeds (and the
-//     eager counterpart); the build's own reset still cleans up; a read-only
-//     directory is imported without the lock
+//   - shared directories (series/04): another job's reset=true export cleans
+//     up while a lazy build runs, which still succeeds on the blobs its client
+//     opened (and the eager counterpart); the build's own reset cleans up; a
+//     read-only directory is imported lazily
 //   - Dockerfile rebuilds: COPY --link reads no layer; plain COPY gives the
 //     right files and layers
 //

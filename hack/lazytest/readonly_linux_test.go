@@ -15,10 +15,10 @@ func init() {
 	tests = append(tests, testLazyReadOnlyDir)
 }
 
-// A read-only cache directory (mounted :ro in some CI setups) can hold no
-// new lock file: the lazy import goes on without the lock. The suite runs
-// as root (the runc worker needs it), so the read-only bind mount is always
-// possible.
+// A read-only cache directory (mounted :ro in some CI setups) is imported
+// lazily: the client opens its blobs read-only and writes nothing there.
+// The suite runs as root (the runc worker needs it), so the read-only bind
+// mount is always possible.
 func testLazyReadOnlyDir(t *testing.T, sb integration.Sandbox) {
 	require.Equal(t, 0, os.Getuid(), "a read-only bind mount needs root: run the suite as root")
 	s := newScenario(t, sb)
