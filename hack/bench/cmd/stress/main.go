@@ -92,6 +92,7 @@ type job struct {
 	daemon       int
 	role         role
 	variants     []int  // the common stages the build copies from
+	noise        int    // bytes of random data its job stage adds (soak resets)
 	dir          string // context/, out/, build.log
 
 	kind     Kind
@@ -413,8 +414,12 @@ func dockerfile(baseRef string, j *job) string {
 	for v := range 2 {
 		fmt.Fprintf(&b, "FROM %s AS common%d\nRUN mkdir /out && echo %d > /out/variant && %s > /out/common.sums\n\n", baseRef, v, v, sums)
 	}
-	fmt.Fprintf(&b, "FROM %s AS job\nRUN mkdir /out && echo \"round %d build %d\" > /out/stamp && %s > /out/job.sums && sleep %s\n\n",
-		baseRef, j.round, j.index, sums, sleep)
+	noise := ""
+	if j.noise > 0 {
+		noise = fmt.Sprintf(" && head -c %d /dev/urandom > /out/noise", j.noise)
+	}
+	fmt.Fprintf(&b, "FROM %s AS job\nRUN mkdir /out && echo \"round %d build %d\" > /out/stamp && %s > /out/job.sums%s && sleep %s\n\n",
+		baseRef, j.round, j.index, sums, noise, sleep)
 	fmt.Fprintf(&b, "FROM common%d\n", j.variants[0])
 	for _, v := range j.variants[1:] {
 		fmt.Fprintf(&b, "COPY --link --from=common%d /out/ /common%d/\n", v, v)

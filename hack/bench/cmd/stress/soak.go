@@ -12,8 +12,9 @@ import (
 
 // soak runs lazy imports of the directory back to back on daemon 0, two at
 // a time, for cfg.soak, while a build on daemon 1 exports to the directory
-// with reset=true every cfg.resetEvery. Each reset build adds new blobs (its
-// job stage is new); a reset that cleans up removes the previous ones. It
+// with reset=true every cfg.resetEvery. Each reset build adds about 1 MB of
+// new blobs (its job stage is new); a reset that cleans up removes the
+// previous ones. It
 // prints, after every reset, whether it skipped its cleanup and the
 // directory's size, and returns the number of builds that did not end as
 // documented.
@@ -51,7 +52,7 @@ func (r *runner) soak(ctx context.Context) (int, error) {
 		if ctx.Err() != nil {
 			break
 		}
-		j := &job{round: 0, index: 100 + k, daemon: 1, role: roleReset, variants: []int{k % 2},
+		j := &job{round: 0, index: 100 + k, daemon: 1, role: roleReset, variants: []int{k % 2}, noise: scenario.MB,
 			dir: filepath.Join(r.s.Dir, "soak-reset", fmt.Sprintf("build%d", k))}
 		r.build(context.WithoutCancel(ctx), j, r.importAttrs())
 		if !j.kind.Expected() {
