@@ -40,6 +40,10 @@ type runOpts struct {
 	env []string
 	// platform is docker run --platform, "" for this machine's.
 	platform string
+	// asRoot runs the rootless image as root (--user 0:0, privileged, as
+	// the root image runs): the wrapper then starts buildkitd without
+	// RootlessKit.
+	asRoot bool
 }
 
 // daemonless runs buildctl-daemonless.sh ARGS... in a container of v's
@@ -51,12 +55,16 @@ func (e *env) daemonless(t *testing.T, v imageVariant, o runOpts, args ...string
 	if o.platform != "" {
 		run = append(run, "--platform", o.platform)
 	}
-	if v.rootless {
+	switch {
+	case v.rootless && o.asRoot:
+		run = append(run, "--user", "0:0", "--privileged",
+			"-v", e.mirrorConfig+":/etc/buildkit/buildkitd.toml:ro")
+	case v.rootless:
 		for _, s := range reportSecurityOpts {
 			run = append(run, "--security-opt", s)
 		}
 		run = append(run, "-v", e.mirrorConfig+":/home/user/.config/buildkit/buildkitd.toml:ro")
-	} else {
+	default:
 		// The wrapper keeps the daemon's state under TMPDIR: in the
 		// image's volume, where overlayfs works, not on the container's
 		// own overlay file system.
