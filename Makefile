@@ -176,7 +176,9 @@ test-buildx: deps build bin/buildx
 #                     IMAGE_PUSH=registry/name pushes instead (run as root)
 #   make test-image   the images under a dockerd of the test's own: the
 #                     report's docker run script, buildx's docker-container
-#                     driver, and rootless without the security options
+#                     driver, rootless without the security options, git,
+#                     xz and unpigz in both images, and the arm64 images
+#                     under qemu-user
 #
 # image/ is a module of its own: its tests need Docker.
 

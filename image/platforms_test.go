@@ -86,6 +86,15 @@ func TestPlatforms(t *testing.T) {
 			// BuildKit lists attestation manifests as unknown/unknown.
 			if m.Platform != nil && m.Platform.OS != "unknown" {
 				platforms = append(platforms, m.Platform.String())
+				data, err := readLayoutBlob(layout, m)
+				require.NoError(t, err)
+				var man manifest
+				require.NoError(t, json.Unmarshal(data, &man))
+				var size int64
+				for _, l := range man.Layers {
+					size += l.Size
+				}
+				t.Logf("%s %s: %d layers, %.1f MB compressed", v.image, m.Platform, len(man.Layers), float64(size)/1e6)
 			}
 		}
 		require.ElementsMatch(t, imagePlatforms, platforms, "platforms of %s's index", v.image)
@@ -102,6 +111,9 @@ func TestPlatforms(t *testing.T) {
 		require.Equal(t, "linux/arm64", strings.TrimSpace(arch), "docker pull --platform linux/arm64 %s", ref)
 		pulled[v.name] = ref
 	}
+	sizes, err := e.docker(context.Background(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", e.registry+"/test/buildkit")
+	require.NoError(t, err)
+	t.Logf("linux/arm64 images:\n%s", sizes)
 
 	for _, v := range e.variants() {
 		t.Run("arm64_"+v.name+"_versions", func(t *testing.T) {
