@@ -179,18 +179,39 @@ test-buildx: deps build bin/buildx
 # the image
 #
 #   make image        dist/image/buildkit.tar and buildkit-rootless.tar
-#                     (docker load), dist/image/oci (an OCI layout), built by
-#                     bin/buildkitd from image/Dockerfile and Debian's packages;
+#                     (docker load, this machine's platform), dist/image/oci
+#                     (an OCI layout: one index per image, linux/amd64 and
+#                     linux/arm64), built by bin/buildkitd from
+#                     image/Dockerfile and Debian's packages;
 #                     IMAGE_PUSH=registry/name pushes instead (run as root)
 #   make test-image   the images under a dockerd of the test's own: the
 #                     report's docker run script, buildx's docker-container
-#                     driver, and rootless without the security options
+#                     driver, rootless without the security options, git,
+#                     xz and unpigz in both images, and the arm64 images
+#                     under qemu-user
 #
 # image/ is a module of its own: its tests need Docker.
 
 .PHONY: image test-image
 
-image: deps build
+# The image's platforms (IMAGE_PLATFORMS, as make-image reads it): this
+# machine's binaries are bin/buildkitd and bin/buildctl; every other
+# architecture's are built from the same tree, static, into bin/linux-ARCH/.
+IMAGE_PLATFORMS ?= linux/amd64,linux/arm64
+export IMAGE_PLATFORMS
+comma := ,
+HOST_ARCH := $(shell go env GOARCH)
+IMAGE_ARCHES := $(filter-out $(HOST_ARCH),$(subst linux/,,$(subst $(comma), ,$(IMAGE_PLATFORMS))))
+
+.PHONY: build-cross
+
+build-cross: tree
+	@for arch in $(IMAGE_ARCHES); do \
+		echo "building bin/linux-$$arch/buildkitd, buildctl (GOARCH=$$arch)"; \
+		(cd $(TREE) && CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -ldflags "$(LDFLAGS)" -o $(CURDIR)/bin/linux-$$arch/ ./cmd/buildkitd ./cmd/buildctl) || exit 1; \
+	done
+
+image: deps build build-cross
 	@hack/install-deps image
 	hack/make-image
 

@@ -17,6 +17,8 @@ const busyboxPath = "/bin/busybox"
 // tools are the programs and files the tests use.
 type tools struct {
 	docker, dockerd, registry string
+	// git serves repositories with git daemon; xz compresses an archive.
+	git, xz string
 	// buildkitd is only asked for its version, which names the images.
 	buildkitd, buildx string
 	// rootTar and rootlessTar are the docker load-able images make image
@@ -38,6 +40,8 @@ func requireTools(t *testing.T) tools {
 		docker:      lookPath("docker", &missing, "docker: "+installDeps+" (Debian's docker.io)"),
 		dockerd:     lookPath("dockerd", &missing, "dockerd: "+installDeps+" (Debian's docker.io)"),
 		registry:    lookPath("docker-registry", &missing, "docker-registry: "+installDeps+" (Debian's docker-registry)"),
+		git:         lookPath("git", &missing, "git: "+installDeps+" (Debian's git)"),
+		xz:          lookPath("xz", &missing, "xz: "+installDeps+" (Debian's xz-utils)"),
 		buildkitd:   repoFile("bin/buildkitd"),
 		buildx:      repoFile("bin/buildx"),
 		rootTar:     repoFile("dist/image/buildkit.tar"),
