@@ -1,12 +1,9 @@
 package client
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 
 	"github.com/moby/buildkit/client/llb"
@@ -62,21 +59,8 @@ func testLazyLocalCacheImportDirectoryChanges(t *testing.T, sb integration.Sandb
 			_, layers := readLocalCacheManifest(t, dir)
 			ensurePruneAll(t, c, sb)
 
-			started, release := make(chan struct{}), make(chan struct{})
-			var once sync.Once
-			delay := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				once.Do(func() { close(started) })
-				select {
-				case <-release:
-				case <-r.Context().Done():
-				}
-			}))
-			t.Cleanup(delay.Close)
-			// On a failed assertion, let the build end before the server closes.
-			releaseB := sync.OnceFunc(func() { close(release) })
-			t.Cleanup(releaseB)
-
-			merged := llb.Merge([]llb.State{stamped, llb.HTTP(delay.URL, llb.Filename("delay"), llb.IgnoreCache)})
+			delayed, started, releaseB := newDelayedSource(t)
+			merged := llb.Merge([]llb.State{stamped, delayed})
 			def, err = llb.Scratch().File(llb.Copy(merged, "/stamp", "/stamp")).Marshal(sb.Context())
 			require.NoError(t, err)
 			out := t.TempDir()

@@ -64,19 +64,7 @@ func testLazyLocalCacheImportSessionRebind(t *testing.T, sb integration.Sandbox)
 	workers.CheckFeatureCompat(t, sb, workers.FeatureMergeDiff)
 	for _, tc := range []struct{ bImports, aEnds bool }{{true, true}, {false, true}, {false, false}} {
 		c, lc := newLazyLocalCache(t, sb)
-		started, release := make(chan struct{}), make(chan struct{})
-		var once sync.Once
-		delay := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			once.Do(func() { close(started) })
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		}))
-		t.Cleanup(delay.Close)
-		// On a failed assertion, let the builds end before the server closes.
-		releaseB := sync.OnceFunc(func() { close(release) })
-		t.Cleanup(releaseB)
+		delayed, started, releaseB := newDelayedSource(t)
 
 		stateFromA, releaseA, aDone := make(chan llb.State, 1), make(chan struct{}), make(chan error, 1)
 		endA := sync.OnceFunc(func() { close(releaseA) })
@@ -102,7 +90,7 @@ func testLazyLocalCacheImportSessionRebind(t *testing.T, sb integration.Sandbox)
 		bDone := make(chan error, 1)
 		go func() {
 			_, err := c.Build(sb.Context(), opt, "", func(ctx context.Context, c gw.Client) (*gw.Result, error) {
-				merged := llb.Merge([]llb.State{stateA, llb.HTTP(delay.URL, llb.Filename("delay"), llb.IgnoreCache)})
+				merged := llb.Merge([]llb.State{stateA, delayed})
 				def, err := llb.Scratch().File(llb.Copy(merged, "/payload", "/copied")).Marshal(ctx)
 				if err != nil {
 					return nil, err
@@ -243,4 +231,23 @@ func readLocalCacheManifest(t *testing.T, dir string) (digest.Digest, []digest.D
 		layers = append(layers, l.Digest)
 	}
 	return idx.Manifests[0].Digest, layers
+}
+
+// newDelayedSource returns an HTTP source that blocks until release is
+// called, and a channel closed when the source is first requested.
+func newDelayedSource(t *testing.T) (st llb.State, started <-chan struct{}, release func()) {
+	start, done := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		once.Do(func() { close(start) })
+		select {
+		case <-done:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(s.Close)
+	release = sync.OnceFunc(func() { close(done) })
+	// On a failed assertion, let the builds end before the server closes.
+	t.Cleanup(release)
+	return llb.HTTP(s.URL, llb.Filename("delay"), llb.IgnoreCache), start, release
 }
