@@ -1,0 +1,222 @@
+package buildx
+
+import (
+	"bytes"
+	"context"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// remoteDockerfile is the report's shape on a small scale: a base whose two
+// dependency layers are 4 MiB of random bytes each (no compression makes
+// them smaller on the link), then the sources copied in with a plain
+// COPY, which mounts the whole chain below it.
+const remoteDockerfile = `FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox head -c 4194304 /dev/urandom > /dep1"]
+RUN ["/bin/busybox", "sh", "-c", "/bin/busybox head -c 4194304 /dev/urandom > /dep2"]
+WORKDIR /app
+COPY . ./
+`
+
+const (
+	// remoteSteps are the steps of remoteDockerfile that a rebuild with
+	// its cache and unchanged sources reports CACHED.
+	remoteSteps = 5
+	// depBytes is what the two random layers hold: a build that mounts the
+	// base moves at least this much from the client to the daemon.
+	depBytes = 2 * 4 << 20
+	// sessionSlack bounds what a build sends to the daemon besides its
+	// build context when it reads no layer: gRPC and TLS framing, the
+	// cache manifest and config, the Dockerfile. It is well below the
+	// smallest layer of remoteDockerfile (busybox, ~1 MB compressed).
+	sessionSlack = 512 << 10
+)
+
+// remoteProject writes remoteDockerfile's context to dir and returns the
+// size of its files: the build context crosses the link on every build.
+func remoteProject(t *testing.T, dir, source string) int64 {
+	t.Helper()
+	writeFiles(t, dir, map[string]string{"Dockerfile": remoteDockerfile, "src.txt": source}, ".")
+	var size int64
+	require.NoError(t, filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		fi, err := e.Info()
+		if err == nil {
+			size += fi.Size()
+		}
+		return err
+	}))
+	return size
+}
+
+// buildctl runs buildctl against d through addr (d's own address or a
+// proxy's) and returns its output.
+func buildctl(t *testing.T, d *daemon, addr string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, d.tl.buildctl, append(d.clientArgs(addr), args...)...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("buildctl %s (%.1fs, %v)", strings.Join(args, " "), time.Since(start).Seconds(), exitStatus(err))
+	return out.String(), err
+}
+
+func dockerfileArgs(ctxDir string, extra ...string) []string {
+	return append([]string{"build", "--progress=plain", "--frontend", "dockerfile.v0",
+		"--local", "context=" + ctxDir, "--local", "dockerfile=" + ctxDir}, extra...)
+}
+
+// blobsSize is the size of the layer blobs layers in the cache directory.
+func blobsSize(t *testing.T, dir string, layers []string) int64 {
+	t.Helper()
+	var n int64
+	for _, l := range layers {
+		fi, err := os.Stat(blobPath(dir, l))
+		require.NoError(t, err)
+		n += fi.Size()
+	}
+	return n
+}
+
+// TestRemoteBuildctlLazy runs build 2 as a CI job with a remote builder
+// does: buildctl on the client's side, with the cache directory, talks over
+// TCP and TLS to a fresh buildkitd, through a proxy that counts what
+// crosses the link. All cached and lazy, no layer blob crosses; eager, all
+// of them do; the report's Dockerfile (its COPY . ./ changed) moves the
+// chain it mounts and builds the right files.
+func TestRemoteBuildctlLazy(t *testing.T) {
+	tl := requireTools(t)
+	certs := newTLSFiles(t)
+	work := t.TempDir()
+	ctxDir := filepath.Join(work, "ctx")
+	cacheDir := filepath.Join(work, "cache")
+	ctxBytes := remoteProject(t, ctxDir, "revision 0\n")
+
+	seed := startTCPDaemon(t, tl, certs)
+	seedOut := filepath.Join(work, "seed")
+	out, err := buildctl(t, seed, seed.addr, dockerfileArgs(ctxDir,
+		"--export-cache", "type=local,dest="+cacheDir+",mode=max",
+		"--output", "type=local,dest="+seedOut)...)
+	require.NoError(t, err, "seed build:\n%s", out)
+	seed.stop(t)
+	layers := cacheLayers(t, cacheDir)
+	layerBytes := blobsSize(t, cacheDir, layers)
+	t.Logf("context %d bytes; cache: %d layers, %d bytes", ctxBytes, len(layers), layerBytes)
+
+	// build runs build 2 on a fresh daemon through a new proxy and returns
+	// the daemon, buildctl's output and the bytes sent to the daemon.
+	build := func(t *testing.T, extra ...string) (*daemon, string, int64) {
+		d := startTCPDaemon(t, tl, certs)
+		p := startProxy(t, d.hostPort())
+		out, err := buildctl(t, d, "tcp://"+p.addr(), dockerfileArgs(ctxDir, extra...)...)
+		require.NoError(t, err, "build:\n%s", out)
+		up, down := p.bytes()
+		t.Logf("link: %d bytes client to daemon, %d bytes daemon to client", up, down)
+		return d, out, up
+	}
+
+	t.Run("cached-lazy", func(t *testing.T) {
+		d, out, up := build(t, "--import-cache", "type=local,src="+cacheDir+",lazy=true")
+		require.Equal(t, remoteSteps, cachedSteps(out), "steps reported CACHED:\n%s", out)
+		require.Less(t, up, ctxBytes+sessionSlack,
+			"client to daemon: more than the build context (%d bytes) and %d bytes of session: a layer blob (the cache's: %d bytes) crossed the link", ctxBytes, sessionSlack, layerBytes)
+		for l, size := range d.importedLayers(t) {
+			require.Zero(t, size, "layer %s was pulled or extracted", l)
+		}
+	})
+
+	t.Run("cached-eager", func(t *testing.T) {
+		_, out, up := build(t, "--import-cache", "type=local,src="+cacheDir)
+		require.Equal(t, remoteSteps, cachedSteps(out), "steps reported CACHED:\n%s", out)
+		require.GreaterOrEqual(t, up, ctxBytes+layerBytes, "client to daemon: eager import reads every layer blob of the cache")
+	})
+
+	// The report's Dockerfile: its changed COPY . ./ mounts the base, so
+	// the base's layers cross the link, lazily imported or not, and the
+	// build still makes the right files from the cached base. Its random
+	// files tell the cached base from one built again; the number of
+	// CACHED lines does not (the solver may or may not report a step
+	// below an uncached one).
+	t.Run("report-lazy", func(t *testing.T) {
+		remoteProject(t, ctxDir, "revision 1\n")
+		t.Cleanup(func() { remoteProject(t, ctxDir, "revision 0\n") })
+		buildOut := filepath.Join(work, "report-out")
+		_, _, up := build(t, "--output", "type=local,dest="+buildOut,
+			"--import-cache", "type=local,src="+cacheDir+",lazy=true")
+		require.GreaterOrEqual(t, up, ctxBytes+depBytes, "client to daemon: the chain COPY . ./ mounts")
+		require.Equal(t, "revision 1\n", readFile(t, filepath.Join(buildOut, "app", "src.txt")), "the changed source")
+		for _, f := range []string{"dep1", "dep2"} {
+			require.Equal(t, readFile(t, filepath.Join(seedOut, f)), readFile(t, filepath.Join(buildOut, f)), "%s: the base did not come from the cache", f)
+		}
+	})
+}
+
+// TestRemoteBuildxLazy is TestRemoteBuildctlLazy's lazy half as buildx
+// users run it: a builder of buildx's remote driver with its TLS driver
+// options, on a fresh TCP daemon, through the counting proxy, importing
+// with --cache-from type=local,...,lazy=true.
+func TestRemoteBuildxLazy(t *testing.T) {
+	tl := requireTools(t)
+	certs := newTLSFiles(t)
+	work := t.TempDir()
+	ctxDir := filepath.Join(work, "ctx")
+	cacheDir := filepath.Join(work, "cache")
+	ctxBytes := remoteProject(t, ctxDir, "revision 0\n")
+
+	seed := startTCPDaemon(t, tl, certs)
+	seedOut := filepath.Join(work, "seed")
+	res := newRemoteBuilder(t, tl, remoteNode{endpoint: seed.addr, tls: certs}).run(t, work, "build", "--progress=plain",
+		"--cache-to", "type=local,dest="+cacheDir+",mode=max", "--output", "type=local,dest="+seedOut, ctxDir)
+	require.NoError(t, res.err, "seed build:\n%s", res.stderr)
+	seed.stop(t)
+	layers := cacheLayers(t, cacheDir)
+
+	build := func(t *testing.T, args ...string) (result, int64) {
+		d := startTCPDaemon(t, tl, certs)
+		p := startProxy(t, d.hostPort())
+		b := newRemoteBuilder(t, tl, remoteNode{endpoint: "tcp://" + p.addr(), tls: certs})
+		before, _ := p.bytes()
+		res := b.run(t, work, append(append([]string{"build", "--progress=plain",
+			"--cache-from", "type=local,src=" + cacheDir + ",lazy=true"}, args...), ctxDir)...)
+		require.NoError(t, res.err, "build:\n%s", res.stderr)
+		up, down := p.bytes()
+		t.Logf("link during the build: %d bytes client to daemon, %d bytes daemon to client", up-before, down)
+		return res, up - before
+	}
+
+	// As users run it: the cache exported back to the directory. The
+	// daemon copies the blob-only layers it exports from the client's
+	// directory into the same directory: the client already has them.
+	t.Run("cached", func(t *testing.T) {
+		res, up := build(t, "--output", "type=cacheonly", "--cache-to", "type=local,dest="+cacheDir+",mode=max")
+		require.Equal(t, remoteSteps, cachedSteps(res.stderr), "steps reported CACHED:\n%s", res.stderr)
+		require.Less(t, up, ctxBytes+sessionSlack,
+			"client to daemon: more than the build context (%d bytes) and %d bytes of session: a layer blob crossed the link", ctxBytes, sessionSlack)
+		require.ElementsMatch(t, layers, cacheLayers(t, cacheDir), "layers of the cache exported again")
+	})
+
+	t.Run("report", func(t *testing.T) {
+		remoteProject(t, ctxDir, "revision 1\n")
+		t.Cleanup(func() { remoteProject(t, ctxDir, "revision 0\n") })
+		buildOut := filepath.Join(work, "report-out")
+		_, up := build(t, "--output", "type=local,dest="+buildOut)
+		require.GreaterOrEqual(t, up, ctxBytes+depBytes, "client to daemon: the chain COPY . ./ mounts")
+		require.Equal(t, "revision 1\n", readFile(t, filepath.Join(buildOut, "app", "src.txt")), "the changed source")
+		for _, f := range []string{"dep1", "dep2"} {
+			require.Equal(t, readFile(t, filepath.Join(seedOut, f)), readFile(t, filepath.Join(buildOut, f)), "%s: the base did not come from the cache", f)
+		}
+	})
+}
