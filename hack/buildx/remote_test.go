@@ -3,6 +3,7 @@ package buildx
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -219,4 +220,131 @@ func TestRemoteBuildxLazy(t *testing.T) {
 			require.Equal(t, readFile(t, filepath.Join(seedOut, f)), readFile(t, filepath.Join(buildOut, f)), "%s: the base did not come from the cache", f)
 		}
 	})
+}
+
+// twoNodeBake builds remoteDockerfile for one platform per target; each
+// target imports the one cache directory lazily and exports its records to
+// it under a tag of its own. One multi-platform build on two nodes cannot
+// do that: each node exports its platform's records to the directory as
+// "latest", and the last export replaces the other's.
+const twoNodeBake = `target "amd64" {
+  context    = "ctx"
+  platforms  = ["linux/amd64"]
+  cache-from = ["type=local,src=%[1]s,tag=amd64,lazy=true"]
+  cache-to   = ["type=local,dest=%[1]s,tag=amd64,mode=max"]
+  output     = ["type=cacheonly"]
+}
+
+target "i386" {
+  context    = "ctx"
+  platforms  = ["linux/386"]
+  cache-from = ["type=local,src=%[1]s,tag=i386,lazy=true"]
+  cache-to   = ["type=local,dest=%[1]s,tag=i386,mode=max"]
+  output     = ["type=cacheonly"]
+}
+
+group "default" {
+  targets = ["amd64", "i386"]
+}
+`
+
+// TestRemoteTwoNodesLazy bakes on a builder of two remote nodes (buildx
+// create, then create --append), two fresh TCP daemons with TLS, each
+// behind its own counting proxy, both importing the client's one cache
+// directory lazily. The work runs on both nodes: each node is pinned to a
+// platform with --platform (linux/amd64 and linux/386, which both run
+// natively on an amd64 host, so no emulator is needed) and each target
+// builds one of them; buildx's node resolver matches a target's platform
+// to a node's strictly before anything else. All cached, no layer crosses
+// to either node, and the cache exported back holds every record of both.
+func TestRemoteTwoNodesLazy(t *testing.T) {
+	tl := requireTools(t)
+	certs := newTLSFiles(t)
+	work := t.TempDir()
+	cacheDir := filepath.Join(work, "cache")
+	ctxBytes := remoteProject(t, filepath.Join(work, "ctx"), "revision 0\n")
+	writeFiles(t, work, map[string]string{"docker-bake.hcl": fmt.Sprintf(twoNodeBake, cacheDir)})
+	tags := []string{"amd64", "i386"}
+
+	// The seed: one node, which runs both platforms.
+	seed := startTCPDaemon(t, tl, certs)
+	res := newRemoteBuilder(t, tl, remoteNode{endpoint: seed.addr, tls: certs}).run(t, work, "bake", "--progress=plain")
+	require.NoError(t, res.err, "seed bake:\n%s", res.stderr)
+	seed.stop(t)
+	seeded := map[string][]string{}
+	for _, tag := range tags {
+		seeded[tag] = taggedCacheLayers(t, cacheDir, tag)
+	}
+
+	var (
+		daemons []*daemon
+		proxies []*linkProxy
+		nodes   []remoteNode
+	)
+	for _, p := range []string{"linux/amd64", "linux/386"} {
+		d := startTCPDaemon(t, tl, certs)
+		px := startProxy(t, d.hostPort())
+		daemons, proxies = append(daemons, d), append(proxies, px)
+		nodes = append(nodes, remoteNode{endpoint: "tcp://" + px.addr(), tls: certs, platform: p})
+	}
+	b := newRemoteBuilder(t, tl, nodes...)
+	var before []int64
+	for _, px := range proxies {
+		up, _ := px.bytes()
+		before = append(before, up)
+	}
+	res = b.run(t, work, "bake", "--progress=plain")
+	require.NoError(t, res.err, "bake:\n%s", res.stderr)
+	require.Equal(t, 2*remoteSteps, cachedSteps(res.stderr), "steps reported CACHED:\n%s", res.stderr)
+	for i, px := range proxies {
+		up, down := px.bytes()
+		up -= before[i]
+		t.Logf("node%d (%s): %d bytes client to daemon, %d bytes daemon to client", i, nodes[i].platform, up, down)
+		// Each node gets the build context of its target, and no layer.
+		require.Less(t, up, ctxBytes+sessionSlack,
+			"node%d (%s), client to daemon: more than the build context (%d bytes) and %d bytes of session: a layer blob crossed the link", i, nodes[i].platform, ctxBytes, sessionSlack)
+		imported := daemons[i].importedLayers(t)
+		require.NotEmpty(t, imported, "node%d (%s) imported no layer: no target ran there", i, nodes[i].platform)
+		for l, size := range imported {
+			require.Zero(t, size, "node%d (%s): layer %s was pulled or extracted", i, nodes[i].platform, l)
+		}
+	}
+	for _, tag := range tags {
+		require.ElementsMatch(t, seeded[tag], taggedCacheLayers(t, cacheDir, tag), "layers of the cache exported as %s", tag)
+	}
+}
+
+// taggedCacheLayers lists the layer blobs of the cache manifest that the
+// index of the cache directory dir names tag.
+func taggedCacheLayers(t *testing.T, dir, tag string) []string {
+	t.Helper()
+	type descriptor struct {
+		MediaType   string            `json:"mediaType"`
+		Digest      string            `json:"digest"`
+		Annotations map[string]string `json:"annotations"`
+	}
+	var index struct {
+		Manifests []descriptor `json:"manifests"`
+	}
+	readJSON(t, filepath.Join(dir, "index.json"), &index)
+	var found []string
+	for _, m := range index.Manifests {
+		if m.Annotations["org.opencontainers.image.ref.name"] == tag {
+			found = append(found, m.Digest)
+		}
+	}
+	require.Len(t, found, 1, "manifests tagged %s in %s: %+v", tag, dir, index.Manifests)
+	var manifest struct {
+		Manifests []descriptor `json:"manifests"`
+		Layers    []descriptor `json:"layers"`
+	}
+	readJSON(t, blobPath(dir, found[0]), &manifest)
+	var layers []string
+	for _, l := range append(manifest.Layers, manifest.Manifests...) {
+		if l.MediaType != "application/vnd.buildkit.cacheconfig.v0" {
+			layers = append(layers, l.Digest)
+		}
+	}
+	require.NotEmpty(t, layers, "layers of the cache tagged %s", tag)
+	return layers
 }
