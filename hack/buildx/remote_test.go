@@ -222,31 +222,18 @@ func TestRemoteBuildxLazy(t *testing.T) {
 	})
 }
 
-// twoNodeBake builds remoteDockerfile for one platform per target; each
-// target imports the one cache directory lazily and exports its records to
-// it under a tag of its own. One multi-platform build on two nodes cannot
-// do that: each node exports its platform's records to the directory as
-// "latest", and the last export replaces the other's.
-const twoNodeBake = `target "amd64" {
-  context    = "ctx"
-  platforms  = ["linux/amd64"]
-  cache-from = ["type=local,src=%[1]s,tag=amd64,lazy=true"]
-  cache-to   = ["type=local,dest=%[1]s,tag=amd64,mode=max"]
-  output     = ["type=cacheonly"]
+// bakeTarget is one target of the two-node bake: remoteDockerfile for one
+// platform, with the cache options given (none when empty).
+func bakeTarget(name, platform, cacheFrom, cacheTo string) string {
+	opt := func(key, v string) string {
+		if v == "" {
+			return ""
+		}
+		return fmt.Sprintf("  %s = [%q]\n", key, v)
+	}
+	return fmt.Sprintf("target %q {\n  context = \"ctx\"\n  platforms = [%q]\n  output = [\"type=cacheonly\"]\n%s%s}\n",
+		name, platform, opt("cache-from", cacheFrom), opt("cache-to", cacheTo))
 }
-
-target "i386" {
-  context    = "ctx"
-  platforms  = ["linux/386"]
-  cache-from = ["type=local,src=%[1]s,tag=i386,lazy=true"]
-  cache-to   = ["type=local,dest=%[1]s,tag=i386,mode=max"]
-  output     = ["type=cacheonly"]
-}
-
-group "default" {
-  targets = ["amd64", "i386"]
-}
-`
 
 // TestRemoteTwoNodesLazy bakes on a builder of two remote nodes (buildx
 // create, then create --append), two fresh TCP daemons with TLS, each
@@ -255,37 +242,59 @@ group "default" {
 // platform with --platform (linux/amd64 and linux/386, which both run
 // natively on an amd64 host, so no emulator is needed) and each target
 // builds one of them; buildx's node resolver matches a target's platform
-// to a node's strictly before anything else. All cached, no layer crosses
-// to either node, and the cache exported back holds every record of both.
+// to a node's strictly before anything else. (One multi-platform build on
+// the two nodes would run there too, but each node exports its records to
+// the directory as "latest" and the last export replaces the other's.)
+// All cached, no layer crosses to either node, and afterwards the directory
+// still holds every record of both platforms.
 func TestRemoteTwoNodesLazy(t *testing.T) {
 	tl := requireTools(t)
 	certs := newTLSFiles(t)
 	work := t.TempDir()
 	cacheDir := filepath.Join(work, "cache")
 	ctxBytes := remoteProject(t, filepath.Join(work, "ctx"), "revision 0\n")
-	writeFiles(t, work, map[string]string{"docker-bake.hcl": fmt.Sprintf(twoNodeBake, cacheDir)})
-	tags := []string{"amd64", "i386"}
+	targets := []struct{ name, platform string }{{"amd64", "linux/amd64"}, {"i386", "linux/386"}}
 
-	// The seed: one node, which runs both platforms.
-	seed := startTCPDaemon(t, tl, certs)
-	res := newRemoteBuilder(t, tl, remoteNode{endpoint: seed.addr, tls: certs}).run(t, work, "bake", "--progress=plain")
-	require.NoError(t, res.err, "seed bake:\n%s", res.stderr)
-	seed.stop(t)
-	seeded := map[string][]string{}
-	for _, tag := range tags {
-		seeded[tag] = taggedCacheLayers(t, cacheDir, tag)
+	// The seed: one node, which runs both platforms, one target after the
+	// other, each exporting its records under its own tag.
+	var bake string
+	for _, tg := range targets {
+		bake += bakeTarget(tg.name, tg.platform, "", "type=local,dest="+cacheDir+",tag="+tg.name+",mode=max")
 	}
+	writeFiles(t, work, map[string]string{"docker-bake.hcl": bake})
+	seed := startTCPDaemon(t, tl, certs)
+	sb := newRemoteBuilder(t, tl, remoteNode{endpoint: seed.addr, tls: certs})
+	seeded := map[string][]string{}
+	digests := map[string]string{}
+	for _, tg := range targets {
+		res := sb.run(t, work, "bake", "--progress=plain", tg.name)
+		require.NoError(t, res.err, "seed bake %s:\n%s", tg.name, res.stderr)
+		digests[tg.name], seeded[tg.name] = taggedCache(t, cacheDir, tg.name)
+	}
+	seed.stop(t)
+
+	// Both targets import the directory lazily, each its own records,
+	// named by digest: an import by tag reads index.json, and upstream's
+	// client takes index.json.lock with a TryLock that fails while another
+	// build of the bake writes the index. For the same reason only amd64
+	// exports: two exports into one directory at the same moment can fail
+	// with "could not lock .../index.json.lock". i386's records stay as
+	// the seed wrote them.
+	bake = bakeTarget("amd64", "linux/amd64", "type=local,src="+cacheDir+",digest="+digests["amd64"]+",lazy=true",
+		"type=local,dest="+cacheDir+",tag=amd64,mode=max") +
+		bakeTarget("i386", "linux/386", "type=local,src="+cacheDir+",digest="+digests["i386"]+",lazy=true", "")
+	writeFiles(t, work, map[string]string{"docker-bake.hcl": bake})
 
 	var (
 		daemons []*daemon
 		proxies []*linkProxy
 		nodes   []remoteNode
 	)
-	for _, p := range []string{"linux/amd64", "linux/386"} {
+	for _, tg := range targets {
 		d := startTCPDaemon(t, tl, certs)
 		px := startProxy(t, d.hostPort())
 		daemons, proxies = append(daemons, d), append(proxies, px)
-		nodes = append(nodes, remoteNode{endpoint: "tcp://" + px.addr(), tls: certs, platform: p})
+		nodes = append(nodes, remoteNode{endpoint: "tcp://" + px.addr(), tls: certs, platform: tg.platform})
 	}
 	b := newRemoteBuilder(t, tl, nodes...)
 	var before []int64
@@ -293,7 +302,7 @@ func TestRemoteTwoNodesLazy(t *testing.T) {
 		up, _ := px.bytes()
 		before = append(before, up)
 	}
-	res = b.run(t, work, "bake", "--progress=plain")
+	res := b.run(t, work, "bake", "--progress=plain", "amd64", "i386")
 	require.NoError(t, res.err, "bake:\n%s", res.stderr)
 	require.Equal(t, 2*remoteSteps, cachedSteps(res.stderr), "steps reported CACHED:\n%s", res.stderr)
 	for i, px := range proxies {
@@ -309,14 +318,15 @@ func TestRemoteTwoNodesLazy(t *testing.T) {
 			require.Zero(t, size, "node%d (%s): layer %s was pulled or extracted", i, nodes[i].platform, l)
 		}
 	}
-	for _, tag := range tags {
-		require.ElementsMatch(t, seeded[tag], taggedCacheLayers(t, cacheDir, tag), "layers of the cache exported as %s", tag)
+	for _, tg := range targets {
+		_, layers := taggedCache(t, cacheDir, tg.name)
+		require.ElementsMatch(t, seeded[tg.name], layers, "layers of the cache tagged %s after the bake", tg.name)
 	}
 }
 
-// taggedCacheLayers lists the layer blobs of the cache manifest that the
-// index of the cache directory dir names tag.
-func taggedCacheLayers(t *testing.T, dir, tag string) []string {
+// taggedCache returns the digest of the cache manifest that the index of
+// the cache directory dir names tag, and the layer blobs it lists.
+func taggedCache(t *testing.T, dir, tag string) (string, []string) {
 	t.Helper()
 	type descriptor struct {
 		MediaType   string            `json:"mediaType"`
@@ -346,5 +356,5 @@ func taggedCacheLayers(t *testing.T, dir, tag string) []string {
 		}
 	}
 	require.NotEmpty(t, layers, "layers of the cache tagged %s", tag)
-	return layers
+	return found[0], layers
 }
