@@ -105,6 +105,9 @@ clean:
 #   make demo                                 eager vs lazy rebuilds, one table
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
+#   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
+#                        TLS) behind a link of -rate MB/s (default 25); prints
+#                        its table, writes no report
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
