@@ -105,6 +105,9 @@ clean:
 #   make demo                                 eager vs lazy rebuilds, one table
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
+#   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
+#                        TLS) behind a link of -rate MB/s (default 25); prints
+#                        its table, writes no report
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
@@ -159,7 +162,9 @@ test-wrapper: deps build
 #
 #   make bin/buildx    the real buildx at the version hack/buildx/go.mod pins
 #   make test-buildx   buildx build and bake with lazy local cache import,
-#                      against fresh bin/buildkitd daemons (run as root)
+#                      against fresh bin/buildkitd daemons (run as root), and
+#                      remote builders: daemons on TCP with TLS behind a proxy
+#                      that counts the bytes on the link, one node and two
 #
 # hack/buildx is a module of its own: buildx is a test tool there, never part
 # of the binaries we ship.

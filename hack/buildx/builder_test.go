@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,6 +37,41 @@ func newBuilder(t *testing.T, tl tools, d *daemon) *builder {
 	res = b.run(t, "", "inspect", "--bootstrap")
 	require.NoError(t, res.err, "buildx inspect --bootstrap:\n%s", res.stderr)
 	require.Regexp(t, `(?m)^Status:\s+running$`, res.stdout, "buildx inspect --bootstrap")
+	return b
+}
+
+// remoteNode is one node of a remote-driver builder: a TLS daemon reached
+// at endpoint (tcp://host:port, the daemon's own or a proxy's), pinned to
+// platform when that is set.
+type remoteNode struct {
+	endpoint string
+	tls      tlsFiles
+	platform string
+}
+
+// newRemoteBuilder creates a remote-driver builder of nodes, one
+// buildx create (the first) or create --append (the others) each, with the
+// TLS driver options a remote builder needs, and makes it the current one.
+func newRemoteBuilder(t *testing.T, tl tools, nodes ...remoteNode) *builder {
+	t.Helper()
+	b := &builder{tl: tl, dockerConfig: t.TempDir()}
+	for i, n := range nodes {
+		args := []string{"create", "--driver", "remote", "--name", builderName, "--node", fmt.Sprintf("node%d", i),
+			"--driver-opt", fmt.Sprintf("cacert=%s,cert=%s,key=%s,servername=%s", n.tls.CA, n.tls.ClientCert, n.tls.ClientKey, tlsServerName)}
+		if i == 0 {
+			args = append(args, "--use")
+		} else {
+			args = append(args, "--append")
+		}
+		if n.platform != "" {
+			args = append(args, "--platform", n.platform)
+		}
+		res := b.run(t, "", append(args, n.endpoint)...)
+		require.NoError(t, res.err, "buildx create:\n%s", res.stderr)
+	}
+	res := b.run(t, "", "inspect", "--bootstrap")
+	require.NoError(t, res.err, "buildx inspect --bootstrap:\n%s", res.stderr)
+	require.Len(t, regexp.MustCompile(`(?m)^Status:\s+running$`).FindAllString(res.stdout, -1), len(nodes), "nodes running in buildx inspect --bootstrap:\n%s", res.stdout)
 	return b
 }
 

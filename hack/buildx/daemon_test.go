@@ -3,6 +3,7 @@ package buildx
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +27,12 @@ type daemon struct {
 	tl   tools
 	sock string
 	log  string
-	cmd  *exec.Cmd
+	// addr is what clients dial: unix://sock, or tcp://127.0.0.1:port for
+	// a daemon started with startTCPDaemon.
+	addr string
+	// tls holds the certificates of a TCP daemon, nil for a unix socket.
+	tls *tlsFiles
+	cmd *exec.Cmd
 	// exited is closed when the process has been waited for.
 	exited chan struct{}
 }
@@ -35,12 +41,32 @@ type daemon struct {
 // the test ends.
 func startDaemon(t *testing.T, tl tools) *daemon {
 	t.Helper()
+	return launchDaemon(t, tl, nil)
+}
+
+// startTCPDaemon starts a buildkitd as a remote builder runs: on a TCP port
+// of loopback, with TLS and client certificates required (tls names the
+// files), and on no unix socket.
+func startTCPDaemon(t *testing.T, tl tools, tls tlsFiles) *daemon {
+	t.Helper()
+	return launchDaemon(t, tl, &tls)
+}
+
+func launchDaemon(t *testing.T, tl tools, tls *tlsFiles) *daemon {
+	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{
 		tl:     tl,
 		sock:   filepath.Join(dir, "buildkitd.sock"),
 		log:    filepath.Join(dir, "buildkitd.log"),
+		tls:    tls,
 		exited: make(chan struct{}),
+	}
+	d.addr = "unix://" + d.sock
+	var listen []string
+	if tls != nil {
+		d.addr = "tcp://" + freePort(t)
+		listen = []string{"--tlscacert", tls.CA, "--tlscert", tls.ServerCert, "--tlskey", tls.ServerKey}
 	}
 	// An empty config file, and an OTEL socket of its own instead of the
 	// shared /run/buildkit one, keep other daemons on the machine out.
@@ -50,13 +76,13 @@ func startDaemon(t *testing.T, tl tools) *daemon {
 	require.NoError(t, err)
 	defer logf.Close()
 
-	d.cmd = exec.Command(tl.buildkitd,
+	d.cmd = exec.Command(tl.buildkitd, append([]string{
 		"--config", config,
 		"--oci-worker=true", "--containerd-worker=false",
 		"--root", filepath.Join(dir, "root"),
-		"--addr", "unix://"+d.sock,
+		"--addr", d.addr,
 		"--otel-socket-path", filepath.Join(dir, "otel.sock"),
-	)
+	}, listen...)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	// If the test binary dies (a -timeout panic skips cleanups), the daemon
 	// goes with it instead of lingering.
@@ -86,7 +112,7 @@ func startDaemon(t *testing.T, tl tools) *daemon {
 		}
 		if time.Now().After(deadline) {
 			d.dumpLog(t)
-			t.Fatalf("buildkitd did not answer on %s within %s", d.sock, daemonStartTimeout)
+			t.Fatalf("buildkitd did not answer on %s within %s", d.addr, daemonStartTimeout)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -95,7 +121,36 @@ func startDaemon(t *testing.T, tl tools) *daemon {
 func (d *daemon) ready() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return exec.CommandContext(ctx, d.tl.buildctl, "--addr", "unix://"+d.sock, "debug", "workers").Run() == nil
+	return exec.CommandContext(ctx, d.tl.buildctl, append(d.clientArgs(d.addr), "debug", "workers")...).Run() == nil
+}
+
+// clientArgs are buildctl's flags to reach the daemon at addr: its own
+// address, or a proxy in front of it, with the client certificate of a TLS
+// daemon.
+func (d *daemon) clientArgs(addr string) []string {
+	args := []string{"--addr", addr}
+	if d.tls != nil {
+		args = append(args, "--tlsservername", tlsServerName, "--tlscacert", d.tls.CA,
+			"--tlscert", d.tls.ClientCert, "--tlskey", d.tls.ClientKey)
+	}
+	return args
+}
+
+// hostPort is the TCP address of a TCP daemon, for a proxy to forward to.
+func (d *daemon) hostPort() string {
+	return strings.TrimPrefix(d.addr, "tcp://")
+}
+
+// freePort returns a loopback address no one listens on now, for a daemon
+// to listen on. Another process could take it in between; the daemon then
+// fails to start and says so.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	return addr
 }
 
 // stop ends the daemon with SIGTERM, as an operator would, so that it
@@ -139,7 +194,7 @@ func (d *daemon) importedLayers(t *testing.T) map[string]int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, d.tl.buildctl, "--addr", "unix://"+d.sock, "du", "--format", "json").Output()
+	out, err := exec.CommandContext(ctx, d.tl.buildctl, append(d.clientArgs(d.addr), "du", "--format", "json")...).Output()
 	require.NoError(t, err, "buildctl du")
 	var records []struct {
 		Description string `json:"description"`

@@ -34,8 +34,11 @@ func WriteDaemonConfig(path, registryAddr string) error {
 // socket: the internal starter for setup builds and the warm daemon that
 // the benchmark uses as its floor.
 type Daemon struct {
-	Root  string
+	Root string
+	// Addr is unix://socket, or tcp://127.0.0.1:port for a daemon started
+	// by StartTCPDaemon.
 	Addr  string
+	tls   *TLSFiles
 	tools Tools
 	cmd   *exec.Cmd
 	done  chan error
@@ -45,17 +48,41 @@ type Daemon struct {
 // StartDaemon starts buildkitd with its state in root, its socket and log
 // in runDir, and waits until it lists its workers.
 func StartDaemon(ctx context.Context, tools Tools, root, config, runDir string) (*Daemon, error) {
+	return startDaemon(ctx, tools, root, config, runDir, nil)
+}
+
+// StartTCPDaemon starts buildkitd as a remote builder runs: on a free TCP
+// port of 127.0.0.1, with TLS and client certificates required (tls), and
+// waits until it lists its workers.
+func StartTCPDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls TLSFiles) (*Daemon, error) {
+	return startDaemon(ctx, tools, root, config, runDir, &tls)
+}
+
+func startDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls *TLSFiles) (*Daemon, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, errors.WithStack(err)
 	}
 	sock := filepath.Join(runDir, "buildkitd.sock")
-	d := &Daemon{Root: root, Addr: "unix://" + sock, tools: tools, done: make(chan error, 1), log: filepath.Join(runDir, "buildkitd.log")}
+	d := &Daemon{Root: root, Addr: "unix://" + sock, tls: tls, tools: tools, done: make(chan error, 1), log: filepath.Join(runDir, "buildkitd.log")}
+	args := []string{"--root=" + root, "--config=" + config}
+	if tls != nil {
+		// Another process could take the port before the daemon does;
+		// the daemon then fails to start and says so.
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		d.Addr = fmt.Sprintf("tcp://127.0.0.1:%d", port)
+		args = append(args, "--tlscacert="+tls.CA, "--tlscert="+tls.ServerCert, "--tlskey="+tls.ServerKey,
+			// its own OTEL socket: it has no unix socket to put it beside
+			"--otel-socket-path="+filepath.Join(runDir, "otel.sock"))
+	}
 	logf, err := os.Create(d.log)
 	if err != nil {
 		return nil, errors.WithStack(err)
 	}
 	defer logf.Close()
-	d.cmd = exec.Command(tools.Buildkitd, "--root="+root, "--config="+config, "--addr="+d.Addr)
+	d.cmd = exec.Command(tools.Buildkitd, append(args, "--addr="+d.Addr)...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := d.cmd.Start(); err != nil {
@@ -72,7 +99,7 @@ func StartDaemon(ctx context.Context, tools Tools, root, config, runDir string) 
 func (d *Daemon) wait(ctx context.Context) error {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if err := exec.CommandContext(ctx, d.tools.Buildctl, "--addr="+d.Addr, "debug", "workers").Run(); err == nil {
+		if err := exec.CommandContext(ctx, d.tools.Buildctl, append(d.ClientArgs(d.Addr), "debug", "workers")...).Run(); err == nil {
 			return nil
 		}
 		select {
@@ -106,16 +133,37 @@ func (d *Daemon) Exited() (bool, error) {
 // Pid is the daemon's process id.
 func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 
+// ClientArgs are buildctl's flags to reach this daemon at addr: its own
+// address, or a proxy's in front of it, with the client certificate of a
+// TLS daemon.
+func (d *Daemon) ClientArgs(addr string) []string {
+	args := []string{"--addr=" + addr}
+	if d.tls != nil {
+		args = append(args, "--tlsservername="+TLSServerName, "--tlscacert="+d.tls.CA,
+			"--tlscert="+d.tls.ClientCert, "--tlskey="+d.tls.ClientKey)
+	}
+	return args
+}
+
+// HostPort is the host:port a TCP daemon listens on.
+func (d *Daemon) HostPort() string { return strings.TrimPrefix(d.Addr, "tcp://") }
+
 // Buildctl runs buildctl against this daemon, writing its output to out.
 func (d *Daemon) Buildctl(ctx context.Context, out *os.File, args ...string) error {
-	cmd := exec.CommandContext(ctx, d.tools.Buildctl, append([]string{"--addr=" + d.Addr}, args...)...)
+	return d.BuildctlVia(ctx, d.Addr, out, args...)
+}
+
+// BuildctlVia runs buildctl against this daemon through addr (a proxy in
+// front of it), writing its output to out.
+func (d *Daemon) BuildctlVia(ctx context.Context, addr string, out *os.File, args ...string) error {
+	cmd := exec.CommandContext(ctx, d.tools.Buildctl, append(d.ClientArgs(addr), args...)...)
 	cmd.Stdout, cmd.Stderr = out, out
 	return errors.Wrapf(cmd.Run(), "buildctl %s", strings.Join(args, " "))
 }
 
 // Snapshotter asks the daemon which snapshotter its worker uses.
 func (d *Daemon) Snapshotter(ctx context.Context) (string, error) {
-	out, err := exec.CommandContext(ctx, d.tools.Buildctl, "--addr="+d.Addr, "debug", "workers", "-v").CombinedOutput()
+	out, err := exec.CommandContext(ctx, d.tools.Buildctl, append(d.ClientArgs(d.Addr), "debug", "workers", "-v")...).CombinedOutput()
 	if err != nil {
 		return "", errors.Wrapf(err, "buildctl debug workers: %s", out)
 	}

@@ -5,6 +5,13 @@
 //
 //	go run ./cmd/bench                      # everything: 50, 350, 1200 MB
 //	go run ./cmd/bench -size 350 -row cached,link
+//
+// -row remote is a benchmark of its own: build 2 on a remote builder (a
+// fresh buildkitd on TCP with TLS) through a proxy limited to -rate MB/s
+// each way, eager vs lazy, all cached and the report's Dockerfile. It
+// prints its table and writes no report:
+//
+//	go run ./cmd/bench -size 350 -row remote
 package main
 
 import (
@@ -71,7 +78,8 @@ type options struct {
 
 func main() {
 	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
-	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset)")
+	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset), or remote alone: the remote builder benchmark, which prints its table and writes no report")
+	rate := flag.Float64("rate", defaultRateMB, "-row remote: the link's limit in MB/s each way (0: unlimited)")
 	runs := flag.Int("runs", 3, "runs of build 2 per cell")
 	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
 	png := flag.String("png", "", "PNG chart to write (default <repo>/docs/benchmarks.png)")
@@ -85,8 +93,12 @@ func main() {
 		columns = append(columns, column{Name: "lazy-base", Title: "lazy, baseline buildkitd"})
 	}
 	var err error
-	if opts.Sizes, err = parseSizes(*sizes); err == nil {
+	remote := *rows == remoteRow
+	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote {
 		opts.Rows, err = parseRows(*rows)
+	}
+	if err == nil && *rate < 0 {
+		err = errors.Errorf("-rate %v: want MB/s, 0 for unlimited", *rate)
 	}
 	if err == nil {
 		err = opts.resolvePaths()
@@ -100,7 +112,12 @@ func main() {
 	}
 	ctx, stop := scenario.SignalContext(context.Background())
 	defer stop()
-	if err := run(ctx, opts); err != nil {
+	if remote {
+		err = benchRemote(ctx, opts, *rate)
+	} else {
+		err = run(ctx, opts)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -142,6 +159,9 @@ func parseRows(s string) ([]scenario.Case, error) {
 	var out []scenario.Case
 	for f := range strings.SplitSeq(s, ",") {
 		c, err := scenario.CaseByName(strings.TrimSpace(f))
+		if err != nil && strings.TrimSpace(f) == remoteRow {
+			return nil, errors.Errorf("-row %s runs alone: it prints its own table", remoteRow)
+		}
 		if err != nil {
 			return nil, errors.Wrap(err, "-row")
 		}

@@ -44,3 +44,13 @@ func TestResolvePathsFromNestedModule(t *testing.T) {
 		})
 	}
 }
+
+// -row remote prints a table of its own and cannot share a run with the
+// rows of the report.
+func TestParseRowsRemoteAlone(t *testing.T) {
+	_, err := parseRows("cached,remote")
+	require.EqualError(t, err, "-row remote runs alone: it prints its own table")
+	rows, err := parseRows("cached,report")
+	require.NoError(t, err)
+	require.Len(t, rows, 2)
+}
