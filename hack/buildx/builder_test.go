@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazylocal/buildkit/hack/remotetest/tlsfiles"
 	"github.com/stretchr/testify/require"
 )
 
@@ -45,7 +46,7 @@ func newBuilder(t *testing.T, tl tools, d *daemon) *builder {
 // platform when that is set.
 type remoteNode struct {
 	endpoint string
-	tls      tlsFiles
+	tls      tlsfiles.Files
 	platform string
 }
 
@@ -57,7 +58,7 @@ func newRemoteBuilder(t *testing.T, tl tools, nodes ...remoteNode) *builder {
 	b := &builder{tl: tl, dockerConfig: t.TempDir()}
 	for i, n := range nodes {
 		args := []string{"create", "--driver", "remote", "--name", builderName, "--node", fmt.Sprintf("node%d", i),
-			"--driver-opt", fmt.Sprintf("cacert=%s,cert=%s,key=%s,servername=%s", n.tls.CA, n.tls.ClientCert, n.tls.ClientKey, tlsServerName)}
+			"--driver-opt", fmt.Sprintf("cacert=%s,cert=%s,key=%s,servername=%s", n.tls.CA, n.tls.ClientCert, n.tls.ClientKey, tlsfiles.ServerName)}
 		if i == 0 {
 			args = append(args, "--use")
 		} else {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazylocal/buildkit/hack/remotetest/tlsfiles"
 	"github.com/stretchr/testify/require"
 )
 
@@ -31,7 +32,7 @@ type daemon struct {
 	// a daemon started with startTCPDaemon.
 	addr string
 	// tls holds the certificates of a TCP daemon, nil for a unix socket.
-	tls *tlsFiles
+	tls *tlsfiles.Files
 	cmd *exec.Cmd
 	// exited is closed when the process has been waited for.
 	exited chan struct{}
@@ -47,12 +48,12 @@ func startDaemon(t *testing.T, tl tools) *daemon {
 // startTCPDaemon starts a buildkitd as a remote builder runs: on a TCP port
 // of loopback, with TLS and client certificates required (tls names the
 // files), and on no unix socket.
-func startTCPDaemon(t *testing.T, tl tools, tls tlsFiles) *daemon {
+func startTCPDaemon(t *testing.T, tl tools, tls tlsfiles.Files) *daemon {
 	t.Helper()
 	return launchDaemon(t, tl, &tls)
 }
 
-func launchDaemon(t *testing.T, tl tools, tls *tlsFiles) *daemon {
+func launchDaemon(t *testing.T, tl tools, tls *tlsfiles.Files) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{
@@ -130,7 +131,7 @@ func (d *daemon) ready() bool {
 func (d *daemon) clientArgs(addr string) []string {
 	args := []string{"--addr", addr}
 	if d.tls != nil {
-		args = append(args, "--tlsservername", tlsServerName, "--tlscacert", d.tls.CA,
+		args = append(args, "--tlsservername", tlsfiles.ServerName, "--tlscacert", d.tls.CA,
 			"--tlscert", d.tls.ClientCert, "--tlskey", d.tls.ClientKey)
 	}
 	return args

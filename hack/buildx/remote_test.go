@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lazylocal/buildkit/hack/remotetest/linkproxy"
+	"github.com/lazylocal/buildkit/hack/remotetest/tlsfiles"
 	"github.com/stretchr/testify/require"
 )
 
@@ -122,9 +124,9 @@ func TestRemoteBuildctlLazy(t *testing.T) {
 	build := func(t *testing.T, extra ...string) (*daemon, string, int64) {
 		d := startTCPDaemon(t, tl, certs)
 		p := startProxy(t, d.hostPort())
-		out, err := buildctl(t, d, "tcp://"+p.addr(), dockerfileArgs(ctxDir, extra...)...)
+		out, err := buildctl(t, d, "tcp://"+p.Addr(), dockerfileArgs(ctxDir, extra...)...)
 		require.NoError(t, err, "build:\n%s", out)
-		up, down := p.bytes()
+		up, down := p.Bytes()
 		t.Logf("link: %d bytes client to daemon, %d bytes daemon to client", up, down)
 		return d, out, up
 	}
@@ -188,12 +190,12 @@ func TestRemoteBuildxLazy(t *testing.T) {
 	build := func(t *testing.T, args ...string) (result, int64) {
 		d := startTCPDaemon(t, tl, certs)
 		p := startProxy(t, d.hostPort())
-		b := newRemoteBuilder(t, tl, remoteNode{endpoint: "tcp://" + p.addr(), tls: certs})
-		before, _ := p.bytes()
+		b := newRemoteBuilder(t, tl, remoteNode{endpoint: "tcp://" + p.Addr(), tls: certs})
+		before, _ := p.Bytes()
 		res := b.run(t, work, append(append([]string{"build", "--progress=plain",
 			"--cache-from", "type=local,src=" + cacheDir + ",lazy=true"}, args...), ctxDir)...)
 		require.NoError(t, res.err, "build:\n%s", res.stderr)
-		up, down := p.bytes()
+		up, down := p.Bytes()
 		t.Logf("link during the build: %d bytes client to daemon, %d bytes daemon to client", up-before, down)
 		return res, up - before
 	}
@@ -287,26 +289,26 @@ func TestRemoteTwoNodesLazy(t *testing.T) {
 
 	var (
 		daemons []*daemon
-		proxies []*linkProxy
+		proxies []*linkproxy.Proxy
 		nodes   []remoteNode
 	)
 	for _, tg := range targets {
 		d := startTCPDaemon(t, tl, certs)
 		px := startProxy(t, d.hostPort())
 		daemons, proxies = append(daemons, d), append(proxies, px)
-		nodes = append(nodes, remoteNode{endpoint: "tcp://" + px.addr(), tls: certs, platform: tg.platform})
+		nodes = append(nodes, remoteNode{endpoint: "tcp://" + px.Addr(), tls: certs, platform: tg.platform})
 	}
 	b := newRemoteBuilder(t, tl, nodes...)
 	var before []int64
 	for _, px := range proxies {
-		up, _ := px.bytes()
+		up, _ := px.Bytes()
 		before = append(before, up)
 	}
 	res := b.run(t, work, "bake", "--progress=plain", "amd64", "i386")
 	require.NoError(t, res.err, "bake:\n%s", res.stderr)
 	require.Equal(t, 2*remoteSteps, cachedSteps(res.stderr), "steps reported CACHED:\n%s", res.stderr)
 	for i, px := range proxies {
-		up, down := px.bytes()
+		up, down := px.Bytes()
 		up -= before[i]
 		t.Logf("node%d (%s): %d bytes client to daemon, %d bytes daemon to client", i, nodes[i].platform, up, down)
 		// Each node gets the build context of its target, and no layer.
@@ -357,4 +359,24 @@ func taggedCache(t *testing.T, dir, tag string) (string, []string) {
 	}
 	require.NotEmpty(t, layers, "layers of the cache tagged %s", tag)
 	return found[0], layers
+}
+
+// newTLSFiles makes a CA and certificates for one test, as an operator of a
+// remote builder would: the daemon requires a client certificate signed by
+// the CA, and clients verify the daemon's.
+func newTLSFiles(t *testing.T) tlsfiles.Files {
+	t.Helper()
+	f, err := tlsfiles.Write(t.TempDir())
+	require.NoError(t, err)
+	return f
+}
+
+// startProxy puts a link that counts what it carries, at no rate limit,
+// in front of target until the test ends.
+func startProxy(t *testing.T, target string) *linkproxy.Proxy {
+	t.Helper()
+	p, err := linkproxy.Start(target, 0)
+	require.NoError(t, err)
+	t.Cleanup(p.Close)
+	return p
 }

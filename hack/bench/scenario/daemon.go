@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lazylocal/buildkit/hack/remotetest/tlsfiles"
 	"github.com/pkg/errors"
 )
 
@@ -38,7 +39,7 @@ type Daemon struct {
 	// Addr is unix://socket, or tcp://127.0.0.1:port for a daemon started
 	// by StartTCPDaemon.
 	Addr  string
-	tls   *TLSFiles
+	tls   *tlsfiles.Files
 	tools Tools
 	cmd   *exec.Cmd
 	done  chan error
@@ -54,11 +55,11 @@ func StartDaemon(ctx context.Context, tools Tools, root, config, runDir string) 
 // StartTCPDaemon starts buildkitd as a remote builder runs: on a free TCP
 // port of 127.0.0.1, with TLS and client certificates required (tls), and
 // waits until it lists its workers.
-func StartTCPDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls TLSFiles) (*Daemon, error) {
+func StartTCPDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls tlsfiles.Files) (*Daemon, error) {
 	return startDaemon(ctx, tools, root, config, runDir, &tls)
 }
 
-func startDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls *TLSFiles) (*Daemon, error) {
+func startDaemon(ctx context.Context, tools Tools, root, config, runDir string, tls *tlsfiles.Files) (*Daemon, error) {
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return nil, errors.WithStack(err)
 	}
@@ -139,7 +140,7 @@ func (d *Daemon) Pid() int { return d.cmd.Process.Pid }
 func (d *Daemon) ClientArgs(addr string) []string {
 	args := []string{"--addr=" + addr}
 	if d.tls != nil {
-		args = append(args, "--tlsservername="+TLSServerName, "--tlscacert="+d.tls.CA,
+		args = append(args, "--tlsservername="+tlsfiles.ServerName, "--tlscacert="+d.tls.CA,
 			"--tlscert="+d.tls.ClientCert, "--tlskey="+d.tls.ClientKey)
 	}
 	return args

@@ -8,10 +8,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/lazylocal/buildkit/hack/bench/linkproxy"
 	"github.com/lazylocal/buildkit/hack/bench/mdtable"
 	"github.com/lazylocal/buildkit/hack/bench/scenario"
 	"github.com/lazylocal/buildkit/hack/bench/stats"
+	"github.com/lazylocal/buildkit/hack/remotetest/linkproxy"
+	"github.com/lazylocal/buildkit/hack/remotetest/tlsfiles"
 	"github.com/pkg/errors"
 )
 
@@ -54,7 +55,7 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 	if err != nil {
 		return err
 	}
-	certs, err := scenario.WriteTLSFiles(tlsDir)
+	certs, err := tlsfiles.Write(tlsDir)
 	if err != nil {
 		return err
 	}
@@ -74,7 +75,7 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 	return nil
 }
 
-func benchRemoteSize(ctx context.Context, s *scenario.Session, opts options, certs scenario.TLSFiles, sizeMB int, rateMB float64) (string, error) {
+func benchRemoteSize(ctx context.Context, s *scenario.Session, opts options, certs tlsfiles.Files, sizeMB int, rateMB float64) (string, error) {
 	base, err := scenario.MakeBase(ctx, s.Tools, s.Registry, s.Config, s.Dir, fmt.Sprintf("base-%dmb", sizeMB), int64(sizeMB)*scenario.MB, s.Logf)
 	if err != nil {
 		return "", err
@@ -163,7 +164,7 @@ func benchRemoteSize(ctx context.Context, s *scenario.Session, opts options, cer
 
 // remoteBuild runs build 2 once: the pristine cache cloned as a CI job
 // restores it, a fresh TLS daemon, the proxy in front of it.
-func remoteBuild(ctx context.Context, s *scenario.Session, dir string, certs scenario.TLSFiles, proj *scenario.Project, pristine string, c scenario.Case, lazy bool, rateMB float64, name string) (remoteRun, error) {
+func remoteBuild(ctx context.Context, s *scenario.Session, dir string, certs tlsfiles.Files, proj *scenario.Project, pristine string, c scenario.Case, lazy bool, rateMB float64, name string) (remoteRun, error) {
 	runDir := filepath.Join(dir, "run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return remoteRun{}, errors.WithStack(err)

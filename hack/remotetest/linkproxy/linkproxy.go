@@ -5,12 +5,11 @@
 package linkproxy
 
 import (
+	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/pkg/errors"
 )
 
 // chunk is the most the proxy reads before it waits for the link: small
@@ -42,11 +41,11 @@ type link struct {
 // 0 means unlimited.
 func Start(target string, rate float64) (*Proxy, error) {
 	if rate < 0 {
-		return nil, errors.Errorf("invalid rate %v bytes/s", rate)
+		return nil, fmt.Errorf("invalid rate %v bytes/s", rate)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, errors.Wrap(err, "failed to listen on loopback")
+		return nil, fmt.Errorf("failed to listen on loopback: %w", err)
 	}
 	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.up.rate, p.down.rate = rate, rate
