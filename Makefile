@@ -78,16 +78,18 @@ test-unit: tree
 test-integration: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-integration $(TREE)
 
-# Each pull request as we send it, and a check that each applies to
-# upstream's source at the pin with git am (alone or on the PR its cover
-# names as base), builds and passes its unit tests at every commit and its
+# Each pull request as we send it, authored and signed off by your git
+# identity (it stops when none is set, or it is a placeholder); and a check,
+# on patches signed by a test identity, that each applies to upstream's
+# source at the pin with git am (alone or on the PR its cover names as
+# base), builds and passes its unit tests at every commit and its
 # integration tests on its own build, and that in order they give the tree
 # we test.
 upstream-patch: tree
 	hack/upstream-patch $(TREE) dist/patches
 
-test-series: deps mirror upstream-patch
-	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-series $(TREE) dist/patches
+test-series: deps mirror tree
+	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-series $(TREE)
 
 # Our wider suite of lazy=true (hack/lazytest, see its doc.go), outside the
 # pull requests: upstream's integration framework on bin/buildkitd with the
