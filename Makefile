@@ -63,14 +63,14 @@ vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
 	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./client/
-	for m in hack/bench hack/remotetest hack/testimages hack/lazytest daemonless image; do (cd $$m && go vet ./...) || exit 1; done
+	for m in hack/bench hack/remotetest hack/testimages hack/lazytest hack/docscheck daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
 test-unit: tree
 	cd $(TREE) && go test -count=1 ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/
 	cd $(TREE) && go test -count=1 -skip '^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$' ./client/
-	for m in hack/bench hack/remotetest hack/testimages; do (cd $$m && go test -count=1 ./...) || exit 1; done
+	for m in hack/bench hack/remotetest hack/testimages hack/docscheck; do (cd $$m && go test -count=1 ./...) || exit 1; done
 
 # The integration tests our pull requests add and upstream's client cache
 # tests (hack/upstream-cache-tests.txt), in the tree, on bin/buildkitd with
@@ -97,7 +97,16 @@ test-series: deps mirror tree
 test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
-test: deps vet test-unit build test-integration test-series test-lazy test-wrapper test-buildx test-stress test-image
+test: deps vet test-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-stress test-image
+
+# Every file path, make target, environment variable and test name that
+# the README, docs/ and the covers name exists (hack/docscheck).
+DOCS = README.md $(wildcard docs/*.md) $(wildcard series/*/cover)
+
+.PHONY: test-docs
+
+test-docs: tree
+	go -C hack/docscheck run . -repo $(CURDIR) -tree $(CURDIR)/$(TREE) $(DOCS)
 
 clean:
 	rm -rf bin build dist

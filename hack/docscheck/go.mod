@@ -1,0 +1,3 @@
+module github.com/lazylocal/buildkit/hack/docscheck
+
+go 1.26.8
