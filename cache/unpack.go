@@ -61,8 +61,8 @@ func (s *unpackSignal) close() {
 	s.closeOnce.Do(func() { close(s.ch) })
 }
 
-// parallelUnpack returns the parallel applier that bounds the apply of sr,
-// if its manager has one and sr is a layer it may apply without its parent.
+// parallelUnpack returns the parallel applier of sr's manager if it has one
+// and may apply sr without its parent: on overlayfs, not a Windows layer.
 func (sr *immutableRef) parallelUnpack() *parallelApplier {
 	pa, ok := sr.cm.Applier.(*parallelApplier)
 	if !ok || sr.cm.Snapshotter.Name() != "overlayfs" || sr.GetLayerType() == "windows" {
