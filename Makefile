@@ -62,13 +62,13 @@ mirror: deps
 vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
-	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./client/
+	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./client/ ./cmd/buildkitd/ ./cmd/buildkitd/config/
 	for m in hack/bench hack/remotetest hack/testimages hack/lazytest hack/docscheck daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
 test-unit: tree
-	cd $(TREE) && go test -count=1 ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/
+	cd $(TREE) && go test -count=1 ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./cmd/buildkitd/config/
 	cd $(TREE) && go test -count=1 -skip '^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$' ./client/
 	for m in hack/bench hack/remotetest hack/testimages hack/docscheck; do (cd $$m && go test -count=1 ./...) || exit 1; done
 
