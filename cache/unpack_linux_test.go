@@ -484,6 +484,23 @@ func chain(count int) [][]tar.Header {
 	return layers
 }
 
+// gatedContext ends a test whose layers wait for each other, if they never
+// apply side by side, with an error instead of a hang.
+func gatedContext(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeoutCause(namespaces.WithNamespace(t.Context(), "buildkit-test"), 2*time.Minute, fmt.Errorf("%s: the layers did not apply side by side", t.Name()))
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// receive waits for ch, or fails t when ctx ends first.
+func receive(ctx context.Context, t *testing.T, ch <-chan struct{}) {
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		t.Fatal(context.Cause(ctx))
+	}
+}
+
 func TestParallelUnpackBound(t *testing.T) {
 	t.Parallel()
 	ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
@@ -500,6 +517,7 @@ func TestParallelUnpackBound(t *testing.T) {
 	})
 
 	t.Run("a child while its parent", func(t *testing.T) {
+		ctx := gatedContext(t)
 		ut := newUnpackTest(ctx, t, "overlayfs", 2, chain(5)...)
 		// The parent's apply goes on only once its child's has started.
 		ut.store.gates[ut.descs[1].Digest] = ut.store.opens[ut.descs[2].Digest]
@@ -522,7 +540,7 @@ func TestParallelUnpackFailure(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
+			ctx := gatedContext(t)
 			layers := chain(3)
 			ut := newUnpackTest(ctx, t, "overlayfs", 3, layers...)
 			bad, _ := layerBlob(t, reg("other"))
@@ -548,7 +566,7 @@ func TestParallelUnpackFailure(t *testing.T) {
 
 			err := ut.top().Extract(ctx, nil)
 			require.ErrorContains(t, err, "failed to verify layer "+badDesc.Digest.String())
-			<-ut.store.closes[ut.descs[other].Digest]
+			receive(ctx, t, ut.store.closes[ut.descs[other].Digest])
 			ut.requireNoExtractSnapshots(ctx, t)
 			for _, ref := range ut.refs[tc.bad:] {
 				_, err := ut.cm.Snapshotter.Stat(ctx, ref.(*immutableRef).getSnapshotID())
@@ -560,16 +578,21 @@ func TestParallelUnpackFailure(t *testing.T) {
 
 func TestParallelUnpackCancel(t *testing.T) {
 	t.Parallel()
-	ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
+	ctx := gatedContext(t)
 	ut := newUnpackTest(ctx, t, "overlayfs", 3, chain(3)...)
 	// The bottom layer never applies; its children apply, and the extract
 	// is cancelled before they can be committed.
 	ut.store.gates[ut.descs[0].Digest] = make(chan struct{})
 	ctx, cancel := context.WithCancelCause(ctx)
 	go func() {
-		<-ut.store.closes[ut.descs[1].Digest]
-		<-ut.store.closes[ut.descs[2].Digest]
-		cancel(context.Canceled)
+		defer cancel(context.Canceled)
+		for _, l := range []int{1, 2} {
+			select {
+			case <-ut.store.closes[ut.descs[l].Digest]:
+			case <-ctx.Done():
+				return
+			}
+		}
 	}()
 	require.ErrorIs(t, ut.top().Extract(ctx, nil), context.Canceled)
 	ctx = context.WithoutCancel(ctx)
@@ -585,7 +608,7 @@ func TestParallelUnpackCancel(t *testing.T) {
 
 func TestParallelUnpackSharedChain(t *testing.T) {
 	t.Parallel()
-	ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
+	ctx := gatedContext(t)
 	ut := newUnpackTest(ctx, t, "overlayfs", 4, chain(4)...)
 	// A second ref of the same records, as a second build gets.
 	again, err := ut.cm.Get(ctx, ut.top().ID(), nil)
