@@ -36,6 +36,13 @@ type Result struct {
 	// is their size. Zero unless measured.
 	HashFloor time.Duration
 	HashBytes int64
+	// Usage is what the kernel counted for the build's buildkitd, read
+	// from /proc while it ran (zero when it was never found).
+	Usage Usage
+	// CPUTotal is the user+system time of the wrapper and every process
+	// it waited for (buildctl, buildkitd and what buildkitd waited for);
+	// zero when the build did not go through the wrapper.
+	CPUTotal time.Duration
 }
 
 // Daemonless runs each build as CI does: a fresh buildkitd whose state
@@ -49,6 +56,9 @@ type Daemonless struct {
 	// sockets. Paths must not contain spaces: the wrapper splits
 	// BUILDKITD_FLAGS on them.
 	RunDir string
+	// Env is added to the environment of the wrapper, and so of
+	// buildkitd (PATH, CONTAINERD_DISABLE_IGZIP, ...).
+	Env []string
 }
 
 // shim records how long the build itself takes inside the wrapper, which
@@ -116,7 +126,7 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 	defer logf.Close()
 
 	cmd := exec.Command(d.Tools.Wrapper, args...)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(append(os.Environ(), d.Env...),
 		"BUILDCTL="+shimPath,
 		"BUILDKITD="+d.Tools.Buildkitd,
 		"BUILDKITD_FLAGS=--root="+root+" --config="+d.Config,
@@ -139,10 +149,12 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 		stopGroup(cmd, done, 30*time.Second)
 		err = ctx.Err()
 	}
-	res := Result{Total: time.Since(start), PeakRSS: w.Peak(), Log: logPath}
+	res := Result{Total: time.Since(start), Log: logPath}
+	res.PeakRSS, res.Usage = w.Stop()
 	if err != nil {
 		return res, errors.Wrapf(err, "daemonless build failed; output: %s", tail(logPath, 3000))
 	}
+	res.CPUTotal = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	if st, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && res.PeakRSS == 0 {
 		// never sampled (very short-lived daemon): the wrapper's
 		// waited-for descendants, buildkitd the largest of them
@@ -177,7 +189,7 @@ func (d *Daemonless) viaStarter(ctx context.Context, root string, args []string,
 	bstart := time.Now()
 	err = daemon.Buildctl(ctx, logf, args...)
 	res := Result{Build: time.Since(bstart), Log: logPath}
-	res.PeakRSS = w.Peak()
+	res.PeakRSS, res.Usage = w.Stop()
 	daemon.Stop()
 	res.Total = time.Since(start)
 	if err != nil {

@@ -101,31 +101,55 @@ func resetHWM(pid int) error {
 
 // rssWatcher samples the peak RSS of the buildkitd serving root until
 // stopped; VmHWM only grows, so the last sample is the peak up to then.
+// It also keeps the daemon's last CPU and I/O counters (Usage).
 type rssWatcher struct {
 	stop chan struct{}
-	done chan int64
+	done chan watched
+}
+
+type watched struct {
+	peak  int64
+	usage Usage
 }
 
 func watchRSS(root string, pid int) *rssWatcher {
-	w := &rssWatcher{stop: make(chan struct{}), done: make(chan int64, 1)}
+	return watchProcess(func() int {
+		if root != "" {
+			return findDaemon(root)
+		}
+		return pid
+	})
+}
+
+// watchProcess samples the process find returns, every 50 ms, finding it
+// again whenever it is gone (0: not there yet).
+func watchProcess(find func() int) *rssWatcher {
+	w := &rssWatcher{stop: make(chan struct{}), done: make(chan watched, 1)}
 	go func() {
-		var peak int64
+		var (
+			res watched
+			pid int
+		)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			if pid == 0 {
-				pid = findDaemon(root)
+				pid = find()
 			}
 			if pid != 0 {
 				if v, ok := vmHWM(pid); ok {
-					peak = max(peak, v)
-				} else if root != "" {
+					res.peak = max(res.peak, v)
+					if u, ok := readUsage(pid); ok {
+						u.Samples = res.usage.Samples + 1
+						res.usage = u
+					}
+				} else {
 					pid = 0 // exited; a wrapper may not start another, but look
 				}
 			}
 			select {
 			case <-w.stop:
-				w.done <- peak
+				w.done <- res
 				return
 			case <-t.C:
 			}
@@ -137,6 +161,14 @@ func watchRSS(root string, pid int) *rssWatcher {
 // Peak stops sampling and returns the highest VmHWM seen (0 if the daemon
 // was never found).
 func (w *rssWatcher) Peak() int64 {
+	p, _ := w.Stop()
+	return p
+}
+
+// Stop stops sampling and returns the highest VmHWM seen and the last
+// counters read (zero if the daemon was never found).
+func (w *rssWatcher) Stop() (int64, Usage) {
 	close(w.stop)
-	return <-w.done
+	r := <-w.done
+	return r.peak, r.usage
 }
