@@ -47,7 +47,20 @@ var (
 	uLayers  = func(r unpackRun) float64 { return float64(len(r.Extracted.Layers)) }
 	uDecRuns = func(r unpackRun) float64 { return float64(len(r.Decomp)) }
 	uWritten = func(r unpackRun) float64 { return float64(r.Usage.WriteBytes) / scenario.MB }
+	uKept    = func(r unpackRun) float64 { return float64(r.RootBytes) / scenario.MB }
 )
+
+// kept is the median MB under the daemon's --root after the build, "–"
+// where the host does not see it (the rootless image keeps it in a
+// volume).
+func kept(runs []unpackRun) string {
+	for _, r := range runs {
+		if r.RootBytes == 0 {
+			return "–"
+		}
+	}
+	return fmt.Sprintf("%.0f", sampleOf(runs, uKept).Median())
+}
 
 func (b *unpackBench) median(c, col string, f func(unpackRun) float64) float64 {
 	return sampleOf(b.cells[c][col], f).Median()
@@ -57,7 +70,7 @@ func (b *unpackBench) median(c, col string, f func(unpackRun) float64) float64 {
 func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 	n := cores()
 	tb := mdtable.Table{Header: []string{"build 2", "wall s (min–max)", "layers extracted", "extracting: busy / Σ / largest s", "not extracting s",
-		"CPU s: daemon + children (decompressors, runs)", fmt.Sprintf("CPU / %d cores s", n), "MB written", "bound s", "/ baseline eager", "/ upstream eager"}}
+		"CPU s: daemon + children (decompressors, runs)", fmt.Sprintf("CPU / %d cores s", n), "MB written (kept under --root)", "bound s", "/ baseline eager", "/ upstream eager"}}
 	base := b.median(c.Name, "baseline/eager", uBuild)
 	up := b.median(c.Name, "upstream/eager", uBuild)
 	for _, col := range unpackColumns(c, b.opts.Daemons) {
@@ -84,7 +97,7 @@ func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 			fmtSecs(m(uRest)),
 			fmt.Sprintf("%s + %s (%s, %.0f)", fmtSecs(m(uDaemon)), fmtSecs(m(uChild)), fmtSecs(m(uDecomp)), m(uDecRuns)),
 			fmtSecs(m(uCPU)/float64(n)),
-			fmt.Sprintf("%.0f", m(uWritten)),
+			fmt.Sprintf("%.0f (%s)", m(uWritten), kept(runs)),
 			fmtSecs(m(uBound(n))),
 			fmtRatio(stats.Ratio(w.Median(), base)),
 			fmtRatio(stats.Ratio(w.Median(), up)),
@@ -256,7 +269,8 @@ checked, committed), the time at least one layer was extracting (busy), the laye
 up (Σ) and the longest; the build's time outside extraction; CPU seconds of buildkitd itself
 (/proc/PID/stat, in-process gzip and zstd included) and of the children it waited for, of which
 the gzip decompressors' (a shim on its PATH times each run); that CPU over the cores; bytes
-buildkitd and its children sent to the storage layer (/proc/PID/io write_bytes); the bound: the
+buildkitd and its children sent to the storage layer (/proc/PID/io write_bytes), and what stays
+under its --root after the build (apparent size, like du -sb; rootful only); the bound: the
 time outside extraction plus max(longest layer, Σ / cores), the least build 2 can take with its
 layers applied side by side if each took as long as here; ratios of medians to the baseline's and
 upstream's eager build 2 in the same run.`
