@@ -59,6 +59,9 @@ type Daemonless struct {
 	// Env is added to the environment of the wrapper, and so of
 	// buildkitd (PATH, CONTAINERD_DISABLE_IGZIP, ...).
 	Env []string
+	// Flags are more buildkitd flags (--debugaddr=...), after ours; they
+	// must not contain blanks.
+	Flags []string
 }
 
 // shim records how long the build itself takes inside the wrapper, which
@@ -89,8 +92,8 @@ func (d *Daemonless) Mode() string {
 // Build runs buildctl with args against a fresh daemon whose --root is
 // root (created empty if missing), writing buildctl's output to logPath.
 func (d *Daemonless) Build(ctx context.Context, root string, args []string, logPath string) (Result, error) {
-	if strings.ContainsAny(root+d.Config, " \t\n") {
-		return Result{}, errors.Errorf("daemon paths must not contain spaces: %q, %q", root, d.Config)
+	if strings.ContainsAny(root+d.Config+strings.Join(d.Flags, ""), " \t\n") {
+		return Result{}, errors.Errorf("daemon paths and flags must not contain spaces: %q, %q, %q", root, d.Config, d.Flags)
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return Result{}, errors.WithStack(err)
@@ -129,7 +132,7 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 	cmd.Env = append(append(os.Environ(), d.Env...),
 		"BUILDCTL="+shimPath,
 		"BUILDKITD="+d.Tools.Buildkitd,
-		"BUILDKITD_FLAGS=--root="+root+" --config="+d.Config,
+		"BUILDKITD_FLAGS="+strings.Join(append([]string{"--root=" + root, "--config=" + d.Config}, d.Flags...), " "),
 		"SCENARIO_BUILDCTL="+d.Tools.Buildctl,
 		"SCENARIO_TIMES="+times,
 	)

@@ -22,6 +22,9 @@ type Usage struct {
 	// CPU is the daemon's own user+system time: every goroutine,
 	// in-process decompression included.
 	CPU time.Duration
+	// SysCPU is the part of CPU spent in the kernel (system calls: the
+	// files a layer holds being created and written, pipes, mounts).
+	SysCPU time.Duration
 	// ChildCPU is the user+system time of the children it started and
 	// waited for (decompressors such as igzip or unpigz, runc and the
 	// steps runc ran), as wait4 hands it on.
@@ -36,26 +39,27 @@ type Usage struct {
 	Samples int
 }
 
-// parseStat reads utime, stime, cutime and cstime from the text of
-// /proc/PID/stat. The command name (field 2) may hold spaces and
+// parseStat reads the process's own CPU time (utime+stime), the system part
+// of it (stime) and its waited-for children's (cutime+cstime) from the text
+// of /proc/PID/stat. The command name (field 2) may hold spaces and
 // parentheses, so fields are counted from the last ')'.
-func parseStat(b []byte) (own, children time.Duration, err error) {
+func parseStat(b []byte) (own, sys, children time.Duration, err error) {
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, 0, errors.Errorf("malformed /proc stat %q", b)
+		return 0, 0, 0, errors.Errorf("malformed /proc stat %q", b)
 	}
 	// after ')': state(3) ppid(4) ... utime(14) stime(15) cutime(16) cstime(17)
 	f := strings.Fields(string(b[i+1:]))
 	if len(f) < 15 {
-		return 0, 0, errors.Errorf("malformed /proc stat %q", b)
+		return 0, 0, 0, errors.Errorf("malformed /proc stat %q", b)
 	}
 	var v [4]int64
 	for k := range v {
 		if v[k], err = strconv.ParseInt(f[11+k], 10, 64); err != nil {
-			return 0, 0, errors.Wrapf(err, "malformed /proc stat field %d %q", 14+k, f[11+k])
+			return 0, 0, 0, errors.Wrapf(err, "malformed /proc stat field %d %q", 14+k, f[11+k])
 		}
 	}
-	return time.Duration(v[0]+v[1]) * clockTick, time.Duration(v[2]+v[3]) * clockTick, nil
+	return time.Duration(v[0]+v[1]) * clockTick, time.Duration(v[1]) * clockTick, time.Duration(v[2]+v[3]) * clockTick, nil
 }
 
 // parseIO reads read_bytes and write_bytes from the text of /proc/PID/io.
@@ -94,11 +98,11 @@ func readUsage(pid int) (Usage, bool) {
 	if err != nil {
 		return Usage{}, false
 	}
-	own, children, err := parseStat(st)
+	own, sys, children, err := parseStat(st)
 	if err != nil {
 		return Usage{}, false
 	}
-	u := Usage{CPU: own, ChildCPU: children}
+	u := Usage{CPU: own, SysCPU: sys, ChildCPU: children}
 	if io, err := os.ReadFile(filepath.Join(dir, "io")); err == nil {
 		u.ReadBytes, u.WriteBytes, _ = parseIO(io)
 	}

@@ -12,14 +12,15 @@ func TestParseStat(t *testing.T) {
 	// a command name with a space and a parenthesis, as a process may
 	// call itself; utime 250, stime 50, cutime 1000, cstime 20 ticks
 	st := "4242 (build kit) d) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 1000 20 20 0 12 0 1000 100000 2000\n"
-	own, children, err := parseStat([]byte(st))
+	own, sys, children, err := parseStat([]byte(st))
 	require.NoError(t, err)
 	require.Equal(t, 3*time.Second, own)
+	require.Equal(t, 500*time.Millisecond, sys)
 	require.Equal(t, 10200*time.Millisecond, children)
 
-	_, _, err = parseStat([]byte("4242 (x) S 1 2"))
+	_, _, _, err = parseStat([]byte("4242 (x) S 1 2"))
 	require.ErrorContains(t, err, "malformed /proc stat")
-	_, _, err = parseStat([]byte("no parenthesis"))
+	_, _, _, err = parseStat([]byte("no parenthesis"))
 	require.ErrorContains(t, err, "malformed /proc stat")
 }
 

@@ -106,6 +106,8 @@ func main() {
 	gunzip := flag.String("gunzip", "igzip", "-row unpack: what the daemons decompress gzip layers with: igzip, unpigz or go (containerd's own code)")
 	baselineBin := flag.String("baseline-bin", "", "-row unpack: directory holding the baseline series' buildkitd and buildctl (default <repo>/bin/baseline, make build-others)")
 	upstreamBin := flag.String("upstream-bin", "", "-row unpack: directory holding upstream's buildkitd and buildctl at the pin (default <repo>/bin/upstream, make build-others)")
+	profileDir := flag.String("profile", "", "-row unpack: write a CPU profile of each rootful build 2's buildkitd (its first -profile-seconds) to this directory, as CASE-DAEMON-IMPORT-RUN.pprof")
+	profileSecs := flag.Int("profile-seconds", 10, "-row unpack -profile: how many seconds of each build to profile (a build that ends sooner leaves no profile)")
 	flag.Parse()
 	given := map[string]bool{}
 	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
@@ -146,7 +148,7 @@ func main() {
 		err = benchRemote(ctx, opts, *rate)
 	case unpacking:
 		var uo unpackOpts
-		if uo, err = newUnpackOpts(opts, *unpack, *gunzip, *baselineBin, *upstreamBin, given["md"]); err == nil {
+		if uo, err = newUnpackOpts(opts, *unpack, *gunzip, *baselineBin, *upstreamBin, given["md"], *profileDir, *profileSecs); err == nil {
 			err = benchUnpack(ctx, uo)
 		}
 	default:

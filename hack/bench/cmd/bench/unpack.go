@@ -184,6 +184,10 @@ type unpackOpts struct {
 	Daemons []*daemon
 	// WriteMD: -md was given; the report goes there.
 	WriteMD bool
+	// ProfileDir, when set, gets a CPU profile of every rootful build 2's
+	// buildkitd, the first ProfileSeconds of it.
+	ProfileDir     string
+	ProfileSeconds int
 }
 
 type unpackBench struct {
@@ -429,7 +433,20 @@ func (b *unpackBench) runOne(ctx context.Context, c unpackCase, p *project, col 
 		d := *b.s.Daemonless
 		d.Tools.Buildkitd, d.Tools.Buildctl = col.D.Buildkitd, col.D.Buildctl
 		d.Env = append(append([]string{}, b.env...), "SCENARIO_DECOMPRESSORS="+decomp)
+		var prof *profiler
+		if b.opts.ProfileDir != "" {
+			file := filepath.Join(b.opts.ProfileDir, fmt.Sprintf("%s-%s-%d.pprof", c.Name, strings.ReplaceAll(col.key(), "/", "-"), k))
+			if prof, err = startProfiler(ctx, file, b.opts.ProfileSeconds); err != nil {
+				return unpackRun{}, err
+			}
+			d.Flags = []string{prof.flag()}
+		}
 		res, err = d.Build(ctx, filepath.Join(runDir, "root"), b.buildArgs(c, p, k, export, imp), logPath)
+		if prof != nil {
+			if perr := prof.wait(); perr != nil {
+				b.s.Logf("%s %s: no profile: %v", c.Name, col.key(), perr)
+			}
+		}
 	}
 	if err != nil {
 		return unpackRun{}, err
@@ -457,9 +474,17 @@ func (b *unpackBench) runOne(ctx context.Context, c unpackCase, p *project, col 
 func cores() int { return runtime.NumCPU() }
 
 // newUnpackOpts checks the unpack benchmark's flags and finds its daemons.
-func newUnpackOpts(o options, cases, gunzip, baselineBin, upstreamBin string, mdGiven bool) (unpackOpts, error) {
-	uo := unpackOpts{options: o, Gunzip: gunzip, WriteMD: mdGiven}
+func newUnpackOpts(o options, cases, gunzip, baselineBin, upstreamBin string, mdGiven bool, profileDir string, profileSecs int) (unpackOpts, error) {
+	uo := unpackOpts{options: o, Gunzip: gunzip, WriteMD: mdGiven, ProfileSeconds: profileSecs}
 	var err error
+	if profileDir != "" {
+		if profileSecs < 1 {
+			return uo, errors.Errorf("-profile-seconds %d: want at least 1", profileSecs)
+		}
+		if uo.ProfileDir, err = filepath.Abs(profileDir); err != nil {
+			return uo, errors.WithStack(err)
+		}
+	}
 	if uo.Cases, err = parseUnpackCases(cases); err != nil {
 		return uo, err
 	}

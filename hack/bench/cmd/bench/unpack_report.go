@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +39,7 @@ var (
 	uLargest = secsOf(func(r unpackRun) time.Duration { return r.Extracted.Largest() })
 	uRest    = secsOf(func(r unpackRun) time.Duration { return r.rest() })
 	uDaemon  = secsOf(func(r unpackRun) time.Duration { return r.Usage.CPU })
+	uSys     = secsOf(func(r unpackRun) time.Duration { return r.Usage.SysCPU })
 	uChild   = secsOf(func(r unpackRun) time.Duration { return r.Usage.ChildCPU })
 	uDecomp  = secsOf(func(r unpackRun) time.Duration { return r.decompCPU() })
 	uCPU     = secsOf(func(r unpackRun) time.Duration { return r.cpu() })
@@ -49,6 +51,24 @@ var (
 	uWritten = func(r unpackRun) float64 { return float64(r.Usage.WriteBytes) / scenario.MB }
 	uKept    = func(r unpackRun) float64 { return float64(r.RootBytes) / scenario.MB }
 )
+
+// decompTools names the decompressors the runs used, "none" when gzip was
+// decompressed in the daemon (or nothing was gzip).
+func decompTools(runs []unpackRun) string {
+	var names []string
+	for _, r := range runs {
+		for _, d := range r.Decomp {
+			if !slices.Contains(names, d.Tool) {
+				names = append(names, d.Tool)
+			}
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	slices.Sort(names)
+	return strings.Join(names, "+")
+}
 
 // kept is the median MB under the daemon's --root after the build, "–"
 // where the host does not see it (the rootless image keeps it in a
@@ -70,7 +90,7 @@ func (b *unpackBench) median(c, col string, f func(unpackRun) float64) float64 {
 func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 	n := cores()
 	tb := mdtable.Table{Header: []string{"build 2", "wall s (min–max)", "layers extracted", "extracting: busy / Σ / largest s", "not extracting s",
-		"CPU s: daemon + children (decompressors, runs)", fmt.Sprintf("CPU / %d cores s", n), "MB written (kept under --root)", "bound s", "/ baseline eager", "/ upstream eager"}}
+		"CPU s: daemon (in kernel) + children (decompressor: s, runs)", fmt.Sprintf("CPU / %d cores s", n), "MB written (kept under --root)", "bound s", "/ baseline eager", "/ upstream eager"}}
 	base := b.median(c.Name, "baseline/eager", uBuild)
 	up := b.median(c.Name, "upstream/eager", uBuild)
 	for _, col := range unpackColumns(c, b.opts.Daemons) {
@@ -95,7 +115,7 @@ func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 			fmt.Sprintf("%.0f", m(uLayers)),
 			fmt.Sprintf("%s / %s / %s", fmtSecs(m(uBusy)), fmtSecs(m(uSum)), fmtSecs(m(uLargest))),
 			fmtSecs(m(uRest)),
-			fmt.Sprintf("%s + %s (%s, %.0f)", fmtSecs(m(uDaemon)), fmtSecs(m(uChild)), fmtSecs(m(uDecomp)), m(uDecRuns)),
+			fmt.Sprintf("%s (%s) + %s (%s: %s, %.0f)", fmtSecs(m(uDaemon)), fmtSecs(m(uSys)), fmtSecs(m(uChild)), decompTools(runs), fmtSecs(m(uDecomp)), m(uDecRuns)),
 			fmtSecs(m(uCPU)/float64(n)),
 			fmt.Sprintf("%.0f (%s)", m(uWritten), kept(runs)),
 			fmtSecs(m(uBound(n))),
@@ -267,7 +287,8 @@ const unpackLegend = `Columns: build 2's wall time (buildctl build alone, median
 and, from the daemon's own "extracting sha256:…" status (snapshot prepared, blob applied, diffID
 checked, committed), the time at least one layer was extracting (busy), the layers' times added
 up (Σ) and the longest; the build's time outside extraction; CPU seconds of buildkitd itself
-(/proc/PID/stat, in-process gzip and zstd included) and of the children it waited for, of which
+(/proc/PID/stat, in-process gzip and zstd included; in brackets the part spent in the kernel)
+and of the children it waited for, of which
 the gzip decompressors' (a shim on its PATH times each run); that CPU over the cores; bytes
 buildkitd and its children sent to the storage layer (/proc/PID/io write_bytes), and what stays
 under its --root after the build (apparent size, like du -sb; rootful only); the bound: the

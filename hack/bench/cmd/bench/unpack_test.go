@@ -109,5 +109,9 @@ func TestUnpackCaseTable(t *testing.T) {
 	require.Equal(t, "7.00 / 7.00 / 4.00", tb.Rows[1][3], "busy / Σ / largest")
 	require.Equal(t, "0.50", tb.Rows[1][len(tb.Rows[1])-2], "/ baseline eager")
 	require.Equal(t, "n/a", tb.Rows[1][len(tb.Rows[1])-1], "/ upstream eager: not run")
+	require.Equal(t, "0.00 (0.00) + 0.00 (none: 0.00, 0)", tb.Rows[1][5])
 	require.Equal(t, []string{"upstream, eager", "FAILED 1/1"}, tb.Rows[4])
+
+	b.cells["report"]["ours/lazy"][0].Decomp = []scenario.DecompressorRun{{Tool: "unpigz", CPU: dur(0.5)}, {Tool: "igzip", CPU: dur(1)}}
+	require.Equal(t, "0.00 (0.00) + 0.00 (igzip+unpigz: 1.50, 2)", b.caseTable(unpackCases[0]).Rows[1][5])
 }
