@@ -203,6 +203,7 @@ type unpackBench struct {
 	image  string
 	// imageDecomp: the decompressors the rootless image has, name -> path
 	imageDecomp map[string]string
+	layers      layerIndex
 	started     time.Time
 	load        [2]string
 }
@@ -251,6 +252,9 @@ func benchUnpack(ctx context.Context, opts unpackOpts) error {
 
 	b.base, err = scenario.MakeBase(ctx, tools, s.Registry, s.Config, s.Dir, fmt.Sprintf("base-%dmb", opts.Sizes[0]), int64(opts.Sizes[0])*scenario.MB, s.Logf)
 	if err != nil {
+		return err
+	}
+	if err := b.indexBase(ctx); err != nil {
 		return err
 	}
 	for _, c := range opts.Cases {
@@ -306,7 +310,7 @@ func (b *unpackBench) writeProject(c unpackCase) (*project, error) {
 		return nil, err
 	}
 	b.s.Logf("%s: build 1 took %.2fs", c.Name, r.Build.Seconds())
-	return p, nil
+	return p, b.indexCache(p.pristine)
 }
 
 // runDockerfile is a cold build's: the base, and one step that runs on it.

@@ -132,7 +132,7 @@ func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 // extracted them.
 func (b *unpackBench) layerTable(c unpackCase) (mdtable.Table, bool) {
 	cols := unpackColumns(c, b.opts.Daemons)
-	tb := mdtable.Table{Header: []string{"layer", "MB compressed"}}
+	tb := mdtable.Table{Header: []string{"layer", "MB compressed", "holds"}}
 	var order []string
 	seen := map[string]bool{}
 	per := map[string]map[string]stats.Sample{} // col -> digest -> seconds
@@ -150,7 +150,7 @@ func (b *unpackBench) layerTable(c unpackCase) (mdtable.Table, bool) {
 		}
 	}
 	for _, d := range order {
-		row := []string{shortDigest(d), b.blobMB(d)}
+		row := []string{shortDigest(d), b.blobMB(d), b.layers.describe(d)}
 		for _, col := range cols {
 			if s := per[col.key()][d]; len(s) > 0 {
 				row = append(row, fmtSecs(s.Median()))
