@@ -39,6 +39,11 @@ type Result struct {
 	// Usage is what the kernel counted for the build's buildkitd, read
 	// from /proc while it ran (zero when it was never found).
 	Usage Usage
+	// BuildStart and BuildEnd are when the shim saw buildctl build start
+	// and end (the last build, if the wrapper ran several), on this
+	// machine's clock, the one the daemon's progress timestamps use; zero
+	// when the build did not go through the shim.
+	BuildStart, BuildEnd time.Time
 	// CPUTotal is the user+system time of the wrapper and every process
 	// it waited for (buildctl, buildkitd and what buildkitd waited for);
 	// zero when the build did not go through the wrapper.
@@ -163,11 +168,9 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 		// waited-for descendants, buildkitd the largest of them
 		res.PeakRSS = st.Maxrss * 1024
 	}
-	b, err := buildTime(times)
-	if err != nil {
+	if res.Build, res.BuildStart, res.BuildEnd, err = buildSpan(times); err != nil {
 		return res, err
 	}
-	res.Build = b
 	return res, nil
 }
 
@@ -246,9 +249,17 @@ func finish(res *Result, root, logPath string, before int64) error {
 
 // buildTime reads the shim's record of the build invocation.
 func buildTime(path string) (time.Duration, error) {
+	d, _, _, err := buildSpan(path)
+	return d, err
+}
+
+// buildSpan reads the shim's record of the build invocations: their total
+// time, and when the last one started and ended.
+func buildSpan(path string) (time.Duration, time.Time, time.Time, error) {
+	var start, end time.Time
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, errors.Wrapf(err, "the wrapper did not run the build through BUILDCTL (no %s)", path)
+		return 0, start, end, errors.Wrapf(err, "the wrapper did not run the build through BUILDCTL (no %s)", path)
 	}
 	defer f.Close()
 	var total time.Duration
@@ -256,14 +267,15 @@ func buildTime(path string) (time.Duration, error) {
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
 		if len(fields) != 2 {
-			return 0, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
+			return 0, start, end, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
 		}
 		a, err1 := strconv.ParseInt(fields[0], 10, 64)
 		b, err2 := strconv.ParseInt(fields[1], 10, 64)
 		if err1 != nil || err2 != nil {
-			return 0, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
+			return 0, start, end, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
 		}
 		total += time.Duration(b - a)
+		start, end = time.Unix(0, a), time.Unix(0, b)
 	}
-	return total, errors.WithStack(s.Err())
+	return total, start, end, errors.WithStack(s.Err())
 }

@@ -175,7 +175,7 @@ func (d *Dockerd) RunBuild(ctx context.Context, r Run) (Result, error) {
 	if err != nil {
 		return res, errors.Wrapf(err, "docker run failed; output: %s", tail(r.Log, 3000))
 	}
-	if res.Build, err = buildTime(r.Times); err != nil {
+	if res.Build, res.BuildStart, res.BuildEnd, err = buildSpan(r.Times); err != nil {
 		return res, err
 	}
 	return res, nil

@@ -168,6 +168,22 @@ func (r unpackRun) cpu() time.Duration { return r.Usage.CPU + r.Usage.ChildCPU }
 // rest is the build's time when no layer was being extracted.
 func (r unpackRun) rest() time.Duration { return r.Build - r.Extracted.Busy() }
 
+// beforeAfter splits rest: the time from the build's start to the first
+// extraction, and from the last one to the build's end (zero when unknown).
+func (r unpackRun) beforeAfter() (time.Duration, time.Duration) {
+	l := r.Extracted.Layers
+	if len(l) == 0 || r.BuildStart.IsZero() {
+		return 0, 0
+	}
+	end := l[0].End
+	for _, x := range l {
+		if x.End.After(end) {
+			end = x.End
+		}
+	}
+	return l[0].Start.Sub(r.BuildStart), r.BuildEnd.Sub(end)
+}
+
 // bound is the least build 2 could take with its layers applied side by
 // side on cores, if each took as long as it did here: what is not
 // extraction, plus the longest layer or the layers' total over the cores,

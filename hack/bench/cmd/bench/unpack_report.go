@@ -38,6 +38,8 @@ var (
 	uSum     = secsOf(func(r unpackRun) time.Duration { return r.Extracted.Sum() })
 	uLargest = secsOf(func(r unpackRun) time.Duration { return r.Extracted.Largest() })
 	uRest    = secsOf(func(r unpackRun) time.Duration { return r.rest() })
+	uBefore  = secsOf(func(r unpackRun) time.Duration { b, _ := r.beforeAfter(); return b })
+	uAfter   = secsOf(func(r unpackRun) time.Duration { _, a := r.beforeAfter(); return a })
 	uDaemon  = secsOf(func(r unpackRun) time.Duration { return r.Usage.CPU })
 	uSys     = secsOf(func(r unpackRun) time.Duration { return r.Usage.SysCPU })
 	uChild   = secsOf(func(r unpackRun) time.Duration { return r.Usage.ChildCPU })
@@ -89,7 +91,7 @@ func (b *unpackBench) median(c, col string, f func(unpackRun) float64) float64 {
 // caseTable is one row of the benchmark as a table: a line per column.
 func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 	n := cores()
-	tb := mdtable.Table{Header: []string{"build 2", "wall s (min–max)", "layers extracted", "extracting: busy / Σ / largest s", "not extracting s",
+	tb := mdtable.Table{Header: []string{"build 2", "wall s (min–max)", "layers extracted", "extracting: busy / Σ / largest s", "not extracting s: all (before first, after last)",
 		"CPU s: daemon (in kernel) + children (decompressor: s, runs)", fmt.Sprintf("CPU / %d cores s", n), "MB written (kept under --root)", "bound s", "/ baseline eager", "/ upstream eager"}}
 	base := b.median(c.Name, "baseline/eager", uBuild)
 	up := b.median(c.Name, "upstream/eager", uBuild)
@@ -114,7 +116,7 @@ func (b *unpackBench) caseTable(c unpackCase) mdtable.Table {
 		row = append(row, wall,
 			fmt.Sprintf("%.0f", m(uLayers)),
 			fmt.Sprintf("%s / %s / %s", fmtSecs(m(uBusy)), fmtSecs(m(uSum)), fmtSecs(m(uLargest))),
-			fmtSecs(m(uRest)),
+			fmt.Sprintf("%s (%s, %s)", fmtSecs(m(uRest)), fmtSecs(m(uBefore)), fmtSecs(m(uAfter))),
 			fmt.Sprintf("%s (%s) + %s (%s: %s, %.0f)", fmtSecs(m(uDaemon)), fmtSecs(m(uSys)), fmtSecs(m(uChild)), decompTools(runs), fmtSecs(m(uDecomp)), m(uDecRuns)),
 			fmtSecs(m(uCPU)/float64(n)),
 			fmt.Sprintf("%.0f (%s)", m(uWritten), kept(runs)),
@@ -286,7 +288,9 @@ func (b *unpackBench) markdown() string {
 const unpackLegend = `Columns: build 2's wall time (buildctl build alone, median and range); the layers it extracted
 and, from the daemon's own "extracting sha256:…" status (snapshot prepared, blob applied, diffID
 checked, committed), the time at least one layer was extracting (busy), the layers' times added
-up (Σ) and the longest; the build's time outside extraction; CPU seconds of buildkitd itself
+up (Σ) and the longest; the build's time outside extraction, and of it the time before the first
+layer started and after the last one ended (cache import, fetches, then the steps that run and the
+cache export); CPU seconds of buildkitd itself
 (/proc/PID/stat, in-process gzip and zstd included; in brackets the part spent in the kernel)
 and of the children it waited for, of which
 the gzip decompressors' (a shim on its PATH times each run); that CPU over the cores; bytes

@@ -65,6 +65,14 @@ func TestUnpackBound(t *testing.T) {
 	require.InDelta(t, 13.5, r.Extracted.Sum().Seconds(), 1e-6)
 	require.InDelta(t, 9.65, r.bound(2).Seconds(), 1e-6)
 	require.InDelta(t, 2.9+6.3, r.bound(4).Seconds(), 1e-6, "the largest layer bounds it on more cores")
+
+	before, after := r.beforeAfter()
+	require.Zero(t, before+after, "no build start known")
+	r.BuildStart = time.Unix(100, 0)
+	r.BuildEnd = r.BuildStart.Add(dur(16.4))
+	before, after = r.beforeAfter()
+	require.InDelta(t, 1, before.Seconds(), 1e-6)
+	require.InDelta(t, 1.9, after.Seconds(), 1e-6)
 }
 
 func benchWith(report map[string][]float64) *unpackBench {
