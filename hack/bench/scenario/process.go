@@ -47,6 +47,19 @@ func tail(path string, n int) string {
 // as its --root, or 0. The root directory is unique to one build, so this
 // finds the daemon a wrapper started without knowing the wrapper's pid.
 func findDaemon(root string) int {
+	return findProcess("buildkitd", func(pid int, args []string) bool {
+		for i, a := range args {
+			if a == "--root="+root || (a == "--root" && i+1 < len(args) && args[i+1] == root) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// findProcess returns the pid of the first process named name (the base
+// name of its first argument) for which match holds, or 0.
+func findProcess(name string, match func(pid int, args []string) bool) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0
@@ -61,13 +74,8 @@ func findDaemon(root string) int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) != "buildkitd" {
-			continue
-		}
-		for i, a := range args {
-			if a == "--root="+root || (a == "--root" && i+1 < len(args) && args[i+1] == root) {
-				return pid
-			}
+		if filepath.Base(args[0]) == name && match(pid, args) {
+			return pid
 		}
 	}
 	return 0

@@ -132,28 +132,12 @@ func parentPid(pid int) int {
 // buildkitd that a wrapper started inside a container, whose pid the host
 // only learns from /proc.
 func FindDescendant(ancestor int, name string) int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		arg0, _, _ := strings.Cut(string(b), "\x00")
-		if filepath.Base(arg0) != name {
-			continue
-		}
+	return findProcess(name, func(pid int, _ []string) bool {
 		for p, n := pid, 0; p > 1 && n < 64; p, n = parentPid(p), n+1 {
 			if p == ancestor {
-				return pid
+				return true
 			}
 		}
-	}
-	return 0
+		return false
+	})
 }

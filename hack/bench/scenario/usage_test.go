@@ -2,6 +2,8 @@ package scenario
 
 import (
 	"os"
+	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,4 +48,20 @@ func TestReadUsageAndFindDescendant(t *testing.T) {
 	require.False(t, ok)
 	require.Equal(t, os.Getppid(), parentPid(os.Getpid()))
 	require.Zero(t, FindDescendant(os.Getpid(), "no-such-program-here"))
+
+	// a grandchild: sh starts sleep
+	cmd := exec.Command("sh", "-c", "sleep 30; :")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
+	var pid int
+	for range 100 {
+		if pid = FindDescendant(os.Getpid(), "sleep"); pid != 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.NotZero(t, pid)
+	require.Equal(t, cmd.Process.Pid, parentPid(pid))
+	require.Zero(t, FindDescendant(cmd.Process.Pid+1<<20, "sleep"), "not a descendant of some other pid")
 }
