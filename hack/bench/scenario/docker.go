@@ -112,7 +112,8 @@ func (d *Dockerd) Docker(ctx context.Context, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// Stop removes every container, then ends dockerd and waits for it.
+// Stop removes every container, ends dockerd, waits for it and removes
+// its directory.
 func (d *Dockerd) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -122,13 +123,7 @@ func (d *Dockerd) Stop() {
 		}
 	}
 	stopGroup(d.cmd, d.done, 60*time.Second)
-	unmountUnder(d.dir)
-}
-
-func unmountUnder(dir string) {
-	for _, m := range mountsUnder(dir) {
-		_ = syscall.Unmount(m, syscall.MNT_DETACH)
-	}
+	_ = RemoveAll(d.dir)
 }
 
 // Run is one docker run.
