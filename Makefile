@@ -10,7 +10,8 @@
 #   make upstream-patch  dist/patches/NN-name/: each of our pull requests
 #                        (series/NN-name) as we send it upstream: its cover
 #                        letter and git format-patch of its commits
-#   make demo, bench     eager vs lazy rebuilds (hack/bench)
+#   make demo, bench     eager vs lazy rebuilds (hack/bench), beside
+#                        upstream's unchanged binaries (make build-others)
 #
 # The repository keeps only what we wrote: our files at upstream's paths,
 # *.diff files for the upstream files we edit, and series/: one directory
@@ -113,21 +114,44 @@ clean:
 
 # demo and benchmark
 #
-#   make demo                                 eager vs lazy rebuilds, one table
+#   make demo                                 eager vs lazy rebuilds, one table,
+#                        with upstream's unchanged binaries' eager rebuild beside
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
 #   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
 #                        TLS) behind a link of -rate MB/s (default 25); prints
 #                        its table, writes no report
+#   make bench BENCH_FLAGS='-row unpack'      extracting a layer chain: build 2
+#                        of the report's Dockerfile (rootful), a cold FROM + RUN,
+#                        the same from a zstd cache, on ours, bin/baseline and
+#                        bin/upstream side by side (-size 350, -runs 3, about
+#                        20 minutes); prints its tables, writes -md FILE if given
+#   make bench BENCH_FLAGS='-row unpack -unpack report,rootless'   adds build 2
+#                        in our rootless image (make image first)
+#
+# make bench and make demo run other daemons beside bin/ (make build-others,
+# hack/build-tag: each built once from a tag of the tree, in build/tags/):
+#   bin/upstream/   upstream's unchanged buildkitd and buildctl at the pin
+#   bin/baseline/   the series up to BASELINE_TAG, by default before/05: every
+#                   PR below 05, main's daemon beside PR 05 (the parallel
+#                   unpack); the same code as bin/ while series/ has no PR 05
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
+BASELINE_TAG ?= before/05
 
-.PHONY: demo bench
+.PHONY: demo bench build-others
 
-demo: deps build
+build-others: tree
+	@hack/build-tag $(TREE) upstream $(CURDIR)/bin/upstream
+	@hack/build-tag $(TREE) $(BASELINE_TAG) $(CURDIR)/bin/baseline
+
+demo: deps build build-others
 	cd hack/bench && go run ./cmd/demo $(DEMO_FLAGS)
 
-bench: deps build
+# hack/install-deps bench: igzip and unpigz, which -row unpack decompresses
+# gzip layers with (-gunzip), as our images do.
+bench: deps build build-others
+	@hack/install-deps bench
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
 
 # Stress: rounds of concurrent builds on two buildkitd daemons, all
@@ -203,7 +227,7 @@ test-buildx: deps build bin/buildx
 #   make test-image   the images under a dockerd of the test's own: the
 #                     report's docker run script, buildx's docker-container
 #                     driver, rootless without the security options, git,
-#                     xz and unpigz in both images, and the arm64 images
+#                     xz, igzip and unpigz in both images, and the arm64 images
 #                     under qemu-user
 #
 # image/ is a module of its own: its tests need Docker.

@@ -3,6 +3,7 @@ package image
 import (
 	"bytes"
 	"compress/gzip"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -15,7 +16,8 @@ import (
 
 // What upstream's images carry and ours must too, exercised as a user hits
 // each: BuildKit's git source runs git, ADD of a .tar.xz runs xz, and
-// containerd decompresses gzip layers with unpigz when it is on PATH.
+// containerd decompresses gzip layers with igzip, or else unpigz, when it is
+// on PATH.
 
 const (
 	gitContextFile = "hello from the git context\n"
@@ -117,19 +119,24 @@ func TestXzArchive(t *testing.T) {
 	}
 }
 
-// unpigzProbe is put first on buildkitd's PATH as unpigz: containerd finds
-// it there, and it records its arguments, then runs the image's unpigz,
-// which must exist. It is the signal that unpigz decompressed the layer;
-// containerd falls back to Go's gzip without a word when there is none.
-const unpigzProbe = `#!/bin/sh
+// decompressorProbe is put first on buildkitd's PATH under the name of a
+// gzip decompressor: containerd finds it there, and it records its
+// arguments, then runs the image's program of that name, which must exist.
+// It is the signal that this decompressor decompressed the layer;
+// containerd falls back to the next one, and finally to its own Go code,
+// without a word when there is none.
+const decompressorProbe = `#!/bin/sh
 set -eu
-echo "$*" >>/probe/unpigz.log
-exec /usr/bin/unpigz "$@"
+echo "$*" >>/probe/%[1]s.log
+exec /usr/bin/%[1]s "$@"
 `
 
-// TestUnpigz builds FROM an image with one gzip layer, pulled from the
-// loopback registry: containerd decompresses it with unpigz.
-func TestUnpigz(t *testing.T) {
+// TestGzipDecompressor builds FROM an image with one gzip layer, pulled
+// from the loopback registry, in both images, with a probe for each of
+// igzip and unpigz on PATH. containerd tries igzip first, so with both in
+// the image igzip decompresses the layer and unpigz is not run; with
+// CONTAINERD_DISABLE_IGZIP=1 it falls back to unpigz.
+func TestGzipDecompressor(t *testing.T) {
 	e := requireEnv(t)
 	const marker = "unpacked from a gzip layer\n"
 	layer, err := tarFiles([]tarFile{{"etc/", 0o755, nil}, {"etc/gzip-marker", 0o644, []byte(marker)}})
@@ -142,19 +149,31 @@ func TestUnpigz(t *testing.T) {
 	ref, err := e.pushLayer("test/gzip-layer", "1", gz.Bytes(), mediaTypeOCILayerGzip, digestOf(layer))
 	require.NoError(t, err)
 
-	for _, v := range e.variants() {
-		t.Run(v.name, func(t *testing.T) {
-			ctxDir, out, probe := userDir(t), userDir(t), userDir(t)
-			require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("FROM "+ref+"\n"), 0o644))
-			require.NoError(t, os.MkdirAll(filepath.Join(probe, "bin"), 0o755))
-			require.NoError(t, os.WriteFile(filepath.Join(probe, "bin", "unpigz"), []byte(unpigzProbe), 0o755))
-			output, err := e.daemonless(t, v, runOpts{
-				volumes: []string{ctxDir + ":/workspace:ro", out + ":/out", probe + ":/probe"},
-				env:     []string{"PATH=/probe/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-			}, buildArgs("--local=context=/workspace", "--local=dockerfile=/workspace")...)
-			require.NoError(t, err, "FROM a gzip layer:\n%s", output)
-			requireFileContent(t, filepath.Join(out, "etc", "gzip-marker"), marker, output)
-			requireFileContent(t, filepath.Join(probe, "unpigz.log"), "-d -c\n", output)
-		})
+	for _, tc := range []struct {
+		name      string
+		env       []string
+		used, not string
+	}{
+		{name: "igzip first", used: "igzip", not: "unpigz"},
+		{name: "igzip disabled", env: []string{"CONTAINERD_DISABLE_IGZIP=1"}, used: "unpigz", not: "igzip"},
+	} {
+		for _, v := range e.variants() {
+			t.Run(strings.ReplaceAll(tc.name, " ", "_")+"/"+v.name, func(t *testing.T) {
+				ctxDir, out, probe := userDir(t), userDir(t), userDir(t)
+				require.NoError(t, os.WriteFile(filepath.Join(ctxDir, "Dockerfile"), []byte("FROM "+ref+"\n"), 0o644))
+				require.NoError(t, os.MkdirAll(filepath.Join(probe, "bin"), 0o755))
+				for _, name := range []string{"igzip", "unpigz"} {
+					require.NoError(t, os.WriteFile(filepath.Join(probe, "bin", name), fmt.Appendf(nil, decompressorProbe, name), 0o755))
+				}
+				output, err := e.daemonless(t, v, runOpts{
+					volumes: []string{ctxDir + ":/workspace:ro", out + ":/out", probe + ":/probe"},
+					env:     append([]string{"PATH=/probe/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, tc.env...),
+				}, buildArgs("--local=context=/workspace", "--local=dockerfile=/workspace")...)
+				require.NoError(t, err, "FROM a gzip layer:\n%s", output)
+				requireFileContent(t, filepath.Join(out, "etc", "gzip-marker"), marker, output)
+				requireFileContent(t, filepath.Join(probe, tc.used+".log"), "-d -c\n", output)
+				require.NoFileExists(t, filepath.Join(probe, tc.not+".log"), "%s ran as well:\n%s", tc.not, output)
+			})
+		}
 	}
 }

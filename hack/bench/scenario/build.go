@@ -36,6 +36,18 @@ type Result struct {
 	// is their size. Zero unless measured.
 	HashFloor time.Duration
 	HashBytes int64
+	// Usage is what the kernel counted for the build's buildkitd, read
+	// from /proc while it ran (zero when it was never found).
+	Usage Usage
+	// BuildStart and BuildEnd are when the shim saw buildctl build start
+	// and end (the last build, if the wrapper ran several), on this
+	// machine's clock, the one the daemon's progress timestamps use; zero
+	// when the build did not go through the shim.
+	BuildStart, BuildEnd time.Time
+	// CPUTotal is the user+system time of the wrapper and every process
+	// it waited for (buildctl, buildkitd and what buildkitd waited for);
+	// zero when the build did not go through the wrapper.
+	CPUTotal time.Duration
 }
 
 // Daemonless runs each build as CI does: a fresh buildkitd whose state
@@ -49,6 +61,12 @@ type Daemonless struct {
 	// sockets. Paths must not contain spaces: the wrapper splits
 	// BUILDKITD_FLAGS on them.
 	RunDir string
+	// Env is added to the environment of the wrapper, and so of
+	// buildkitd (PATH, CONTAINERD_DISABLE_IGZIP, ...).
+	Env []string
+	// Flags are more buildkitd flags (--debugaddr=...), after ours; they
+	// must not contain blanks.
+	Flags []string
 }
 
 // shim records how long the build itself takes inside the wrapper, which
@@ -79,8 +97,8 @@ func (d *Daemonless) Mode() string {
 // Build runs buildctl with args against a fresh daemon whose --root is
 // root (created empty if missing), writing buildctl's output to logPath.
 func (d *Daemonless) Build(ctx context.Context, root string, args []string, logPath string) (Result, error) {
-	if strings.ContainsAny(root+d.Config, " \t\n") {
-		return Result{}, errors.Errorf("daemon paths must not contain spaces: %q, %q", root, d.Config)
+	if strings.ContainsAny(root+d.Config+strings.Join(d.Flags, ""), " \t\n") {
+		return Result{}, errors.Errorf("daemon paths and flags must not contain spaces: %q, %q, %q", root, d.Config, d.Flags)
 	}
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return Result{}, errors.WithStack(err)
@@ -116,10 +134,10 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 	defer logf.Close()
 
 	cmd := exec.Command(d.Tools.Wrapper, args...)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(append(os.Environ(), d.Env...),
 		"BUILDCTL="+shimPath,
 		"BUILDKITD="+d.Tools.Buildkitd,
-		"BUILDKITD_FLAGS=--root="+root+" --config="+d.Config,
+		"BUILDKITD_FLAGS="+strings.Join(append([]string{"--root=" + root, "--config=" + d.Config}, d.Flags...), " "),
 		"SCENARIO_BUILDCTL="+d.Tools.Buildctl,
 		"SCENARIO_TIMES="+times,
 	)
@@ -139,20 +157,20 @@ func (d *Daemonless) viaWrapper(ctx context.Context, root string, args []string,
 		stopGroup(cmd, done, 30*time.Second)
 		err = ctx.Err()
 	}
-	res := Result{Total: time.Since(start), PeakRSS: w.Peak(), Log: logPath}
+	res := Result{Total: time.Since(start), Log: logPath}
+	res.PeakRSS, res.Usage = w.Stop()
 	if err != nil {
 		return res, errors.Wrapf(err, "daemonless build failed; output: %s", tail(logPath, 3000))
 	}
+	res.CPUTotal = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	if st, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && res.PeakRSS == 0 {
 		// never sampled (very short-lived daemon): the wrapper's
 		// waited-for descendants, buildkitd the largest of them
 		res.PeakRSS = st.Maxrss * 1024
 	}
-	b, err := buildTime(times)
-	if err != nil {
+	if res.Build, res.BuildStart, res.BuildEnd, err = buildSpan(times); err != nil {
 		return res, err
 	}
-	res.Build = b
 	return res, nil
 }
 
@@ -177,7 +195,7 @@ func (d *Daemonless) viaStarter(ctx context.Context, root string, args []string,
 	bstart := time.Now()
 	err = daemon.Buildctl(ctx, logf, args...)
 	res := Result{Build: time.Since(bstart), Log: logPath}
-	res.PeakRSS = w.Peak()
+	res.PeakRSS, res.Usage = w.Stop()
 	daemon.Stop()
 	res.Total = time.Since(start)
 	if err != nil {
@@ -231,9 +249,17 @@ func finish(res *Result, root, logPath string, before int64) error {
 
 // buildTime reads the shim's record of the build invocation.
 func buildTime(path string) (time.Duration, error) {
+	d, _, _, err := buildSpan(path)
+	return d, err
+}
+
+// buildSpan reads the shim's record of the build invocations: their total
+// time, and when the last one started and ended.
+func buildSpan(path string) (time.Duration, time.Time, time.Time, error) {
+	var start, end time.Time
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, errors.Wrapf(err, "the wrapper did not run the build through BUILDCTL (no %s)", path)
+		return 0, start, end, errors.Wrapf(err, "the wrapper did not run the build through BUILDCTL (no %s)", path)
 	}
 	defer f.Close()
 	var total time.Duration
@@ -241,14 +267,15 @@ func buildTime(path string) (time.Duration, error) {
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
 		if len(fields) != 2 {
-			return 0, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
+			return 0, start, end, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
 		}
 		a, err1 := strconv.ParseInt(fields[0], 10, 64)
 		b, err2 := strconv.ParseInt(fields[1], 10, 64)
 		if err1 != nil || err2 != nil {
-			return 0, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
+			return 0, start, end, errors.Errorf("malformed timing line %q in %s", s.Text(), path)
 		}
 		total += time.Duration(b - a)
+		start, end = time.Unix(0, a), time.Unix(0, b)
 	}
-	return total, errors.WithStack(s.Err())
+	return total, start, end, errors.WithStack(s.Err())
 }

@@ -47,6 +47,19 @@ func tail(path string, n int) string {
 // as its --root, or 0. The root directory is unique to one build, so this
 // finds the daemon a wrapper started without knowing the wrapper's pid.
 func findDaemon(root string) int {
+	return findProcess("buildkitd", func(pid int, args []string) bool {
+		for i, a := range args {
+			if a == "--root="+root || (a == "--root" && i+1 < len(args) && args[i+1] == root) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// findProcess returns the pid of the first process named name (the base
+// name of its first argument) for which match holds, or 0.
+func findProcess(name string, match func(pid int, args []string) bool) int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return 0
@@ -61,13 +74,8 @@ func findDaemon(root string) int {
 			continue
 		}
 		args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
-		if filepath.Base(args[0]) != "buildkitd" {
-			continue
-		}
-		for i, a := range args {
-			if a == "--root="+root || (a == "--root" && i+1 < len(args) && args[i+1] == root) {
-				return pid
-			}
+		if filepath.Base(args[0]) == name && match(pid, args) {
+			return pid
 		}
 	}
 	return 0
@@ -101,31 +109,55 @@ func resetHWM(pid int) error {
 
 // rssWatcher samples the peak RSS of the buildkitd serving root until
 // stopped; VmHWM only grows, so the last sample is the peak up to then.
+// It also keeps the daemon's last CPU and I/O counters (Usage).
 type rssWatcher struct {
 	stop chan struct{}
-	done chan int64
+	done chan watched
+}
+
+type watched struct {
+	peak  int64
+	usage Usage
 }
 
 func watchRSS(root string, pid int) *rssWatcher {
-	w := &rssWatcher{stop: make(chan struct{}), done: make(chan int64, 1)}
+	return watchProcess(func() int {
+		if root != "" {
+			return findDaemon(root)
+		}
+		return pid
+	})
+}
+
+// watchProcess samples the process find returns, every 50 ms, finding it
+// again whenever it is gone (0: not there yet).
+func watchProcess(find func() int) *rssWatcher {
+	w := &rssWatcher{stop: make(chan struct{}), done: make(chan watched, 1)}
 	go func() {
-		var peak int64
+		var (
+			res watched
+			pid int
+		)
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
 			if pid == 0 {
-				pid = findDaemon(root)
+				pid = find()
 			}
 			if pid != 0 {
 				if v, ok := vmHWM(pid); ok {
-					peak = max(peak, v)
-				} else if root != "" {
+					res.peak = max(res.peak, v)
+					if u, ok := readUsage(pid); ok {
+						u.Samples = res.usage.Samples + 1
+						res.usage = u
+					}
+				} else {
 					pid = 0 // exited; a wrapper may not start another, but look
 				}
 			}
 			select {
 			case <-w.stop:
-				w.done <- peak
+				w.done <- res
 				return
 			case <-t.C:
 			}
@@ -137,6 +169,14 @@ func watchRSS(root string, pid int) *rssWatcher {
 // Peak stops sampling and returns the highest VmHWM seen (0 if the daemon
 // was never found).
 func (w *rssWatcher) Peak() int64 {
+	p, _ := w.Stop()
+	return p
+}
+
+// Stop stops sampling and returns the highest VmHWM seen and the last
+// counters read (zero if the daemon was never found).
+func (w *rssWatcher) Stop() (int64, Usage) {
 	close(w.stop)
-	return <-w.done
+	r := <-w.done
+	return r.peak, r.usage
 }

@@ -107,6 +107,20 @@ type ImageSize struct {
 // Size reads repo:tag's manifest (following an index to its first
 // manifest) and adds up its layer sizes.
 func (r *Registry) Size(ctx context.Context, repo, tag string) (ImageSize, error) {
+	m, err := r.Manifest(ctx, repo, tag)
+	if err != nil {
+		return ImageSize{}, err
+	}
+	s := ImageSize{Layers: len(m.Layers)}
+	for _, l := range m.Layers {
+		s.Compressed += l.Size
+	}
+	return s, nil
+}
+
+// Manifest reads repo:tag's manifest, following an index to its first
+// manifest.
+func (r *Registry) Manifest(ctx context.Context, repo, tag string) (ocispecs.Manifest, error) {
 	accept := strings.Join([]string{
 		ocispecs.MediaTypeImageManifest, ocispecs.MediaTypeImageIndex,
 		"application/vnd.docker.distribution.manifest.v2+json",
@@ -118,35 +132,40 @@ func (r *Registry) Size(ctx context.Context, repo, tag string) (ImageSize, error
 			ocispecs.Manifest
 			Manifests []ocispecs.Descriptor `json:"manifests"`
 		}
-		url := fmt.Sprintf("http://%s/v2/%s/manifests/%s", r.Addr, repo, ref)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return ImageSize{}, errors.WithStack(err)
-		}
-		req.Header.Set("Accept", accept)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return ImageSize{}, errors.Wrapf(err, "failed to get %s", url)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&m)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return ImageSize{}, errors.Errorf("GET %s: %s", url, resp.Status)
-		}
-		if err != nil {
-			return ImageSize{}, errors.Wrapf(err, "failed to decode %s", url)
+		if err := r.getJSON(ctx, fmt.Sprintf("http://%s/v2/%s/manifests/%s", r.Addr, repo, ref), accept, &m); err != nil {
+			return ocispecs.Manifest{}, err
 		}
 		if len(m.Manifests) > 0 {
 			ref = m.Manifests[0].Digest.String()
 			continue
 		}
-		s := ImageSize{Layers: len(m.Layers)}
-		for _, l := range m.Layers {
-			s.Compressed += l.Size
-		}
-		return s, nil
+		return m.Manifest, nil
 	}
-	return ImageSize{}, errors.Errorf("%s/%s:%s: index nested too deep", r.Addr, repo, tag)
+	return ocispecs.Manifest{}, errors.Errorf("%s/%s:%s: index nested too deep", r.Addr, repo, tag)
+}
+
+// Config reads the image config that m names from repo.
+func (r *Registry) Config(ctx context.Context, repo string, m ocispecs.Manifest) (ocispecs.Image, error) {
+	var img ocispecs.Image
+	err := r.getJSON(ctx, fmt.Sprintf("http://%s/v2/%s/blobs/%s", r.Addr, repo, m.Config.Digest), "*/*", &img)
+	return img, err
+}
+
+func (r *Registry) getJSON(ctx context.Context, url, accept string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return errors.WithStack(err)
+	}
+	req.Header.Set("Accept", accept)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return errors.Wrapf(err, "failed to get %s", url)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return errors.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return errors.Wrapf(json.NewDecoder(resp.Body).Decode(v), "failed to decode %s", url)
 }
 
 func freePort() (int, error) {

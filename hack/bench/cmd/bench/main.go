@@ -12,6 +12,22 @@
 // prints its table and writes no report:
 //
 //	go run ./cmd/bench -size 350 -row remote
+//
+// -row unpack is another benchmark of its own: extracting a layer chain.
+// Build 2 of the report's Dockerfile, rootful through the daemonless
+// wrapper (and with -unpack rootless, in our rootless image through the
+// report's docker run script), a cold FROM + RUN (the base pulled from the
+// loopback registry) and the same with the base's layers from a zstd
+// cache, each build on a fresh daemon, on three daemons interleaved: ours
+// (bin/), the baseline series (bin/baseline/) and upstream's unchanged
+// binaries at the pin (bin/upstream/), eager and lazy import where the
+// daemon has it. Per build it reads the layers' extraction times from the
+// daemon's progress, the daemon's CPU and disk writes from /proc, and the
+// gzip decompressors' CPU. It prints its tables and writes a report only
+// with -md:
+//
+//	go run ./cmd/bench -row unpack                       # -size 350 -runs 3
+//	go run ./cmd/bench -row unpack -unpack report,rootless -gunzip unpigz
 package main
 
 import (
@@ -86,7 +102,15 @@ func main() {
 	workDir := flag.String("workdir", os.TempDir(), "parent of the benchmark's temporary directory")
 	baseline := flag.String("baseline", "", "another buildkitd binary (an earlier build) to run the lazy column with as well, interleaved, as the column \"lazy, baseline buildkitd\"")
 	repo := flag.String("repo", "", "repository root, holding bin/ and daemonless/ (default: the nearest directory at or above the working directory holding Makefile and .git)")
+	unpack := flag.String("unpack", defaultUnpackCases, "-row unpack: its rows, comma separated (report, rootless, cold, zstd); rootless needs make image")
+	gunzip := flag.String("gunzip", "igzip", "-row unpack: what the daemons decompress gzip layers with: igzip, unpigz or go (containerd's own code)")
+	baselineBin := flag.String("baseline-bin", "", "-row unpack: directory holding the baseline series' buildkitd and buildctl (default <repo>/bin/baseline, make build-others)")
+	upstreamBin := flag.String("upstream-bin", "", "-row unpack: directory holding upstream's buildkitd and buildctl at the pin (default <repo>/bin/upstream, make build-others)")
+	profileDir := flag.String("profile", "", "-row unpack: write a CPU profile of each rootful build 2's buildkitd (its first -profile-seconds) to this directory, as CASE-DAEMON-IMPORT-RUN.pprof")
+	profileSecs := flag.Int("profile-seconds", 10, "-row unpack -profile: how many seconds of each build to profile (a build that ends sooner leaves no profile)")
 	flag.Parse()
+	given := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { given[f.Name] = true })
 
 	opts := options{Runs: *runs, MD: *md, PNG: *png, WorkDir: *workDir, Repo: *repo, Args: os.Args[1:], Baseline: *baseline}
 	if opts.Baseline != "" {
@@ -94,8 +118,15 @@ func main() {
 	}
 	var err error
 	remote := *rows == remoteRow
-	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote {
+	unpacking := *rows == unpackRow
+	if unpacking && !given["size"] {
+		*sizes = "350"
+	}
+	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote && !unpacking {
 		opts.Rows, err = parseRows(*rows)
+	}
+	if err == nil && unpacking && len(opts.Sizes) != 1 {
+		err = errors.Errorf("-row %s takes one -size, got %q", unpackRow, *sizes)
 	}
 	if err == nil && *rate < 0 {
 		err = errors.Errorf("-rate %v: want MB/s, 0 for unlimited", *rate)
@@ -112,9 +143,15 @@ func main() {
 	}
 	ctx, stop := scenario.SignalContext(context.Background())
 	defer stop()
-	if remote {
+	switch {
+	case remote:
 		err = benchRemote(ctx, opts, *rate)
-	} else {
+	case unpacking:
+		var uo unpackOpts
+		if uo, err = newUnpackOpts(opts, *unpack, *gunzip, *baselineBin, *upstreamBin, given["md"], *profileDir, *profileSecs); err == nil {
+			err = benchUnpack(ctx, uo)
+		}
+	default:
 		err = run(ctx, opts)
 	}
 	if err != nil {
@@ -159,8 +196,8 @@ func parseRows(s string) ([]scenario.Case, error) {
 	var out []scenario.Case
 	for f := range strings.SplitSeq(s, ",") {
 		c, err := scenario.CaseByName(strings.TrimSpace(f))
-		if err != nil && strings.TrimSpace(f) == remoteRow {
-			return nil, errors.Errorf("-row %s runs alone: it prints its own table", remoteRow)
+		if err != nil && (strings.TrimSpace(f) == remoteRow || strings.TrimSpace(f) == unpackRow) {
+			return nil, errors.Errorf("-row %s runs alone: it prints its own table", strings.TrimSpace(f))
 		}
 		if err != nil {
 			return nil, errors.Wrap(err, "-row")
