@@ -63,7 +63,7 @@ vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
 	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/local/ ./util/contentutil/ ./client/
-	for m in hack/bench hack/remotetest hack/testimages hack/lazytest daemonless image; do (cd $$m && go vet ./...) || exit 1; done
+	for m in hack/bench hack/remotetest hack/testimages hack/lazytest hack/buildclient daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
@@ -97,7 +97,7 @@ test-series: deps mirror tree
 test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
-test: deps vet test-unit build test-integration test-series test-lazy test-wrapper test-buildx test-stress test-image
+test: deps vet test-unit build test-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
 
 clean:
 	rm -rf bin build dist
@@ -108,8 +108,10 @@ clean:
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
 #   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
-#                        TLS) behind a link of -rate MB/s (default 25); prints
-#                        its table, writes no report
+#                        TLS) behind a link of -rate MB/s (default 25) and
+#                        -rtt (default 0), built by bin/buildclient, which
+#                        counts the requests the client served; prints its
+#                        table, writes no report
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
@@ -118,8 +120,28 @@ BENCH_FLAGS ?=
 demo: deps build
 	cd hack/bench && go run ./cmd/demo $(DEMO_FLAGS)
 
-bench: deps build
+bench: deps build bin/buildclient
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
+
+# build client
+#
+#   bin/buildclient         `buildctl build` that also reports the build's
+#                           wall time and the requests its session served,
+#                           per gRPC method (hack/buildclient, the bench's
+#                           remote row)
+#   make test-buildclient   its counts against counting content stores, on
+#                           fresh bin/buildkitd daemons (run as root)
+#
+# A module of its own, built against build/buildkit as hack/lazytest is.
+
+.PHONY: bin/buildclient test-buildclient
+
+bin/buildclient: tree
+	@mkdir -p bin
+	cd hack/buildclient && CGO_ENABLED=0 go build -o ../../bin/buildclient .
+
+test-buildclient: deps build
+	cd hack/buildclient && go vet ./... && go test -count=1 -v -timeout 10m ./...
 
 # Stress: rounds of concurrent builds on two buildkitd daemons, all
 # importing one local cache directory with lazy=true while some export into
