@@ -12,6 +12,13 @@
 // prints its table and writes no report:
 //
 //	go run ./cmd/bench -size 350 -row remote
+//
+// bin/buildclient runs its builds and counts the requests the client
+// served (Info of a lazily imported cache among them). -rtt adds a round
+// trip to the link, -layers makes bases by their number of layers,
+// -remote-cases picks the builds (remote.go):
+//
+//	go run ./cmd/bench -size 350 -row remote -rtt 20ms -layers 7,30 -remote-cases cached,noexport -baseline OTHER/buildkitd
 package main
 
 import (
