@@ -35,7 +35,45 @@ var (
 	rttFlag         = flag.Duration("rtt", 0, "-row remote: the link's round trip, half of it added to each direction (20ms: a builder in another zone)")
 	layersFlag      = flag.String("layers", "", "-row remote: bases by their number of layers, comma separated (7,30), each at every -size; default: one base per -size, its layers following from its size")
 	remoteCasesFlag = flag.String("remote-cases", "cached,report", "-row remote: the build 2 cases, comma separated: "+remoteCaseNames())
+	shapesFlag      = flag.String("shapes", "image", "-row remote, with -layers: how a base's layers are made, comma separated: image (a base image of that many layers, one cache record), steps (a 2-layer base image and RUN steps that add the other layers, a cache record each)")
 )
+
+// A base's shape: where its layers come from.
+const (
+	// shapeImage: FROM a base image of all the layers. The image is one
+	// cache record whose chain holds every layer.
+	shapeImage = "image"
+	// shapeSteps: FROM a 2-layer base image, then one RUN step per other
+	// layer: a cache record per layer, each with the chain below it, as
+	// in a Dockerfile of many steps.
+	shapeSteps = "steps"
+)
+
+func parseShapes(s string) ([]string, error) {
+	var out []string
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f != shapeImage && f != shapeSteps {
+			return nil, errors.Errorf("-shapes %q: unknown shape %q (want image or steps)", s, f)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// stepsDockerfile is the report's Dockerfile on baseRef with steps RUN
+// steps first, each adding a layer of size random bytes (which do not
+// compress: the layer's blob is as big).
+func stepsDockerfile(baseRef string, steps int, size int64) string {
+	first, rest, _ := strings.Cut(scenario.Dockerfile(baseRef, false), "\n")
+	var b strings.Builder
+	b.WriteString(first + "\n")
+	for i := 1; i <= steps; i++ {
+		fmt.Fprintf(&b, "RUN mkdir -p /opt/steps && head -c %d /dev/urandom > /opt/steps/%d\n", size, i)
+	}
+	b.WriteString(rest)
+	return b.String()
+}
 
 // remoteCase is one build 2 of the remote row: a case of the report's
 // rows (scenario.Cases), with or without its cache export.
@@ -122,9 +160,13 @@ const infoRequest = "containerd.services.content.v1.Content/Info"
 // remoteBase is one base image of the row and what build 2 starts from.
 type remoteBase struct {
 	Base     scenario.BaseImage
+	Shape    string
+	Layers   int // the layers the build 2 gets from the base and its steps
 	Dir      string
 	Proj     *scenario.Project
 	Pristine string // build 1's cache export
+	// Compressed is the size of the cache's blobs
+	Compressed int64
 }
 
 // benchRemote runs build 2 of the chosen cases, eager and lazy (and lazy
@@ -145,6 +187,13 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 	cases, err := parseRemoteCases(*remoteCasesFlag)
 	if err != nil {
 		return err
+	}
+	shapes, err := parseShapes(*shapesFlag)
+	if err != nil {
+		return err
+	}
+	if len(layers) == 0 && *shapesFlag != shapeImage {
+		return errors.Errorf("-shapes %s: needs -layers", *shapesFlag)
 	}
 	tools, err := scenario.FindTools(opts.Repo)
 	if err != nil {
@@ -190,15 +239,17 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 
 	var bases []*remoteBase
 	for _, size := range opts.Sizes {
-		for _, n := range layers {
-			b, err := prepareRemoteBase(ctx, s, size, n)
-			if err != nil {
-				return errors.Wrapf(err, "size %d MB, %d layers", size, n)
+		for _, shape := range shapes {
+			for _, n := range layers {
+				b, err := prepareRemoteBase(ctx, s, size, n, shape)
+				if err != nil {
+					return errors.Wrapf(err, "size %d MB, %d layers, %s", size, n, shape)
+				}
+				bases = append(bases, b)
 			}
-			bases = append(bases, b)
 		}
 		if len(layers) == 0 {
-			b, err := prepareRemoteBase(ctx, s, size, 0)
+			b, err := prepareRemoteBase(ctx, s, size, 0, shapeImage)
 			if err != nil {
 				return errors.Wrapf(err, "size %d MB", size)
 			}
@@ -234,14 +285,14 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 					name := fmt.Sprintf("%s-%s-%d", c.Name, col.Name, k)
 					r, err := remoteBuild(ctx, s, client, b, certs, c, col, rateMB, rtt, name)
 					if err != nil {
-						return errors.Wrapf(err, "%d layers, %s, %s", b.Base.Layers, c.Name, col.Name)
+						return errors.Wrapf(err, "%d layers (%s), %s, %s", b.Layers, b.Shape, c.Name, col.Name)
 					}
 					if runs[bi][c.Name] == nil {
 						runs[bi][c.Name] = map[string][]remoteRun{}
 					}
 					runs[bi][c.Name][col.Name] = append(runs[bi][c.Name][col.Name], r)
-					s.Logf("%d layers run %d/%d %-8s %-9s build %6.2fs, %5d Info, %7.1f MB client->daemon, %6.1f MB daemon->client, %2d extracting lines",
-						b.Base.Layers, k, opts.Runs, c.Name, col.Name, r.Build.Seconds(), r.Requests[infoRequest],
+					s.Logf("%d layers (%s) run %d/%d %-8s %-9s build %6.2fs, %5d Info, %7.1f MB client->daemon, %6.1f MB daemon->client, %2d extracting lines",
+						b.Layers, b.Shape, k, opts.Runs, c.Name, col.Name, r.Build.Seconds(), r.Requests[infoRequest],
 						float64(r.Up)/scenario.MB, float64(r.Down)/scenario.MB, r.Extract)
 				}
 			}
@@ -255,7 +306,7 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 	fmt.Fprintf(&out, "started %s, %s wall; load average %s at the start, %s at the end\n\n",
 		started.UTC().Format("2006-01-02 15:04 MST"), time.Since(started).Round(time.Second), loadStart, scenario.LoadAvg())
 	for bi, b := range bases {
-		out.WriteString(remoteTable(b.Base, cases, cols, runs[bi]))
+		out.WriteString(remoteTable(b, cases, cols, runs[bi]))
 		out.WriteString("\n")
 	}
 	fmt.Println()
@@ -263,20 +314,26 @@ func benchRemote(ctx context.Context, opts options, rateMB float64) error {
 	return nil
 }
 
-// prepareRemoteBase makes a base of sizeMB (of layers layers, or as many
-// as its size gives when 0), its project and build 1's cache directory,
-// built on a local daemon: the directory the client keeps.
-func prepareRemoteBase(ctx context.Context, s *scenario.Session, sizeMB, layers int) (*remoteBase, error) {
+// prepareRemoteBase makes a base of sizeMB in layers layers (as many as
+// its size gives when 0) of the shape, its project and build 1's cache
+// directory, built on a local daemon: the directory the client keeps.
+func prepareRemoteBase(ctx context.Context, s *scenario.Session, sizeMB, layers int, shape string) (*remoteBase, error) {
 	name := fmt.Sprintf("base-%dmb", sizeMB)
+	target := int64(sizeMB) * scenario.MB
 	var (
 		base scenario.BaseImage
 		err  error
 	)
-	if layers > 0 {
+	switch {
+	case layers == 0:
+		base, err = scenario.MakeBase(ctx, s.Tools, s.Registry, s.Config, s.Dir, name, target, s.Logf)
+	case shape == shapeImage:
 		name = fmt.Sprintf("base-%dmb-%dl", sizeMB, layers)
-		base, err = scenario.MakeBaseLayers(ctx, s.Tools, s.Registry, s.Config, s.Dir, name, int64(sizeMB)*scenario.MB, layers, s.Logf)
-	} else {
-		base, err = scenario.MakeBase(ctx, s.Tools, s.Registry, s.Config, s.Dir, name, int64(sizeMB)*scenario.MB, s.Logf)
+		base, err = scenario.MakeBaseLayers(ctx, s.Tools, s.Registry, s.Config, s.Dir, name, target, layers, s.Logf)
+	default:
+		// a small base: the steps carry the size
+		name = fmt.Sprintf("base-%dmb-%dl-steps", sizeMB, layers)
+		base, err = scenario.MakeBaseLayers(ctx, s.Tools, s.Registry, s.Config, s.Dir, name, scenario.MB, 2, s.Logf)
 	}
 	if err != nil {
 		return nil, err
@@ -289,7 +346,18 @@ func prepareRemoteBase(ctx context.Context, s *scenario.Session, sizeMB, layers 
 	if err != nil {
 		return nil, err
 	}
-	b := &remoteBase{Base: base, Dir: dir, Proj: proj, Pristine: filepath.Join(dir, "cache")}
+	b := &remoteBase{Base: base, Shape: shape, Layers: base.Layers, Dir: dir, Proj: proj, Pristine: filepath.Join(dir, "cache")}
+	if shape == shapeSteps {
+		steps := layers - base.Layers
+		if steps < 1 {
+			return nil, errors.Errorf("-shapes steps: %d layers is no more than the base's %d", layers, base.Layers)
+		}
+		b.Layers = layers
+		df := stepsDockerfile(base.Ref, steps, target/int64(steps))
+		if err := scenario.WriteFiles(proj.Dir, map[string]string{"Dockerfile": df}); err != nil {
+			return nil, err
+		}
+	}
 	runDir := filepath.Join(dir, "build1-run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
 		return nil, errors.WithStack(err)
@@ -301,7 +369,13 @@ func prepareRemoteBase(ctx context.Context, s *scenario.Session, sizeMB, layers 
 	s.Logf("%s: build 1, exporting the local cache", name)
 	err = buildctlLogged(ctx, warm, filepath.Join(dir, "build1.log"), proj.Args(scenario.Cache{Export: scenario.LocalCache(b.Pristine, false).Export}, ""))
 	warm.Stop()
-	return b, err
+	if err != nil {
+		return nil, err
+	}
+	if b.Compressed, err = scenario.DirBytes(filepath.Join(b.Pristine, "blobs")); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 // remoteBuild runs build 2 once: the pristine cache cloned as a CI job
@@ -383,8 +457,12 @@ func readRequests(path string) (map[string]int, error) {
 
 // remoteTable is the Markdown table of one base: a row per case, a column
 // per way of running build 2, and lazy's time over eager's.
-func remoteTable(base scenario.BaseImage, cases []remoteCase, cols []remoteColumn, runs map[string]map[string][]remoteRun) string {
-	header := []string{fmt.Sprintf("~%d MB base (%d MB compressed, %d layers)", base.Target/scenario.MB, base.Compressed/scenario.MB, base.Layers)}
+func remoteTable(b *remoteBase, cases []remoteCase, cols []remoteColumn, runs map[string]map[string][]remoteRun) string {
+	title := fmt.Sprintf("~%d MB base (%d MB compressed, %d layers)", b.Base.Target/scenario.MB, b.Base.Compressed/scenario.MB, b.Base.Layers)
+	if b.Shape == shapeSteps {
+		title = fmt.Sprintf("%d layers: a %d-layer base and %d RUN steps (cache %d MB)", b.Layers, b.Base.Layers, b.Layers-b.Base.Layers, b.Compressed/scenario.MB)
+	}
+	header := []string{title}
 	for _, col := range cols {
 		header = append(header, col.Title)
 	}

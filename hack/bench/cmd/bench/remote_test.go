@@ -58,13 +58,32 @@ func TestRemoteTable(t *testing.T) {
 	r := func(secs float64) []remoteRun {
 		return []remoteRun{{Build: time.Duration(secs * float64(time.Second)), Requests: map[string]int{infoRequest: 9}}}
 	}
-	md := remoteTable(scenario.BaseImage{Target: 350 * scenario.MB, Compressed: 395 * scenario.MB, Layers: 30}, cases, cols,
-		map[string]map[string][]remoteRun{"cached": {"eager": r(40), "lazy": r(2)}})
+	runs := map[string]map[string][]remoteRun{"cached": {"eager": r(40), "lazy": r(2)}}
+	md := remoteTable(&remoteBase{Base: scenario.BaseImage{Target: 350 * scenario.MB, Compressed: 395 * scenario.MB, Layers: 30}, Shape: shapeImage, Layers: 30}, cases, cols, runs)
 	lines := strings.Split(strings.TrimSpace(md), "\n")
 	require.Len(t, lines, 3, md)
 	require.Equal(t, "| ~350 MB base (395 MB compressed, 30 layers) | eager import | `lazy=true` | lazy/eager time |", lines[0])
 	require.True(t, strings.HasPrefix(lines[2], "| all steps cached, cache exported mode=max back into the directory | 40.0 s"), lines[2])
 	require.True(t, strings.HasSuffix(lines[2], "| 0.050 |"), lines[2])
+
+	md = remoteTable(&remoteBase{Base: scenario.BaseImage{Target: scenario.MB, Layers: 2}, Shape: shapeSteps, Layers: 30, Compressed: 351 * scenario.MB}, cases, cols, runs)
+	require.True(t, strings.HasPrefix(md, "| 30 layers: a 2-layer base and 28 RUN steps (cache 351 MB) | eager import |"), md)
+}
+
+func TestParseShapes(t *testing.T) {
+	got, err := parseShapes("image, steps")
+	require.NoError(t, err)
+	require.Equal(t, []string{shapeImage, shapeSteps}, got)
+	_, err = parseShapes("image,layers")
+	require.EqualError(t, err, `-shapes "image,layers": unknown shape "layers" (want image or steps)`)
+}
+
+func TestStepsDockerfile(t *testing.T) {
+	df := stepsDockerfile("r/base:latest", 2, 1000)
+	require.Equal(t, "FROM r/base:latest\n"+
+		"RUN mkdir -p /opt/steps && head -c 1000 /dev/urandom > /opt/steps/1\n"+
+		"RUN mkdir -p /opt/steps && head -c 1000 /dev/urandom > /opt/steps/2\n"+
+		strings.TrimPrefix(scenario.Dockerfile("r/base:latest", false), "FROM r/base:latest\n"), df)
 }
 
 func TestReadRequests(t *testing.T) {
