@@ -230,6 +230,12 @@ func newDelayLine(dst net.Conn, count *atomic.Int64) *delayLine {
 // full, and reports false once a write to dst has failed.
 func (d *delayLine) push(data []byte, due time.Time) bool {
 	select {
+	case <-d.failed:
+		// the drain below would take the chunk: tell the reader at once
+		return false
+	default:
+	}
+	select {
 	case d.q <- delayed{data: data, due: due}:
 		return true
 	case <-d.failed:
