@@ -64,7 +64,7 @@ vet: tree
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting" >&2; exit 1; }
 	@# -lostcancel: upstream's own local.go discards a cancel func (nolint there).
 	cd $(TREE) && go vet -lostcancel=false ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./client/ ./cmd/buildkitd/ ./cmd/buildkitd/config/
-	for m in hack/bench hack/remotetest hack/testimages hack/lazytest hack/docscheck daemonless image; do (cd $$m && go vet ./...) || exit 1; done
+	for m in hack/bench hack/remotetest hack/testimages hack/lazytest hack/docscheck hack/buildclient daemonless image; do (cd $$m && go vet ./...) || exit 1; done
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
@@ -98,7 +98,7 @@ test-series: deps mirror tree
 test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
-test: deps vet test-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-stress test-image
+test: deps vet test-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).
@@ -119,8 +119,10 @@ clean:
 #   make bench                                docs/benchmarks.md and .png
 #   make bench BENCH_FLAGS='-size 350 -row cached,link'
 #   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
-#                        TLS) behind a link of -rate MB/s (default 25); prints
-#                        its table, writes no report
+#                        TLS) behind a link of -rate MB/s (default 25) and
+#                        -rtt (default 0), built by bin/buildclient, which
+#                        counts the requests the client served; prints its
+#                        table, writes no report
 #   make bench BENCH_FLAGS='-row unpack'      extracting a layer chain: build 2
 #                        of the report's Dockerfile (rootful), a cold FROM + RUN,
 #                        the same from a zstd cache, on ours, bin/baseline and
@@ -150,9 +152,29 @@ demo: deps build build-others
 
 # hack/install-deps bench: igzip and unpigz, which -row unpack decompresses
 # gzip layers with (-gunzip), as our images do.
-bench: deps build build-others
+bench: deps build build-others bin/buildclient
 	@hack/install-deps bench
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
+
+# build client
+#
+#   bin/buildclient         `buildctl build` that also reports the build's
+#                           wall time and the requests its session served,
+#                           per gRPC method (hack/buildclient, the bench's
+#                           remote row)
+#   make test-buildclient   its counts against counting content stores, on
+#                           fresh bin/buildkitd daemons (run as root)
+#
+# A module of its own, built against build/buildkit as hack/lazytest is.
+
+.PHONY: bin/buildclient test-buildclient
+
+bin/buildclient: tree
+	@mkdir -p bin
+	cd hack/buildclient && CGO_ENABLED=0 go build -o ../../bin/buildclient .
+
+test-buildclient: deps build
+	cd hack/buildclient && go vet ./... && go test -count=1 -v -timeout 10m ./...
 
 # Stress: rounds of concurrent builds on two buildkitd daemons, all
 # importing one local cache directory with lazy=true while some export into

@@ -51,6 +51,11 @@ func baseLayers(target int64) int {
 // builds it with a daemon of its own (state under workDir), pushes it to
 // reg as repo:latest and removes everything it made locally.
 func MakeBase(ctx context.Context, tools Tools, reg *Registry, config, workDir, repo string, target int64, logf Logf) (BaseImage, error) {
+	return makeBase(ctx, tools, reg, config, workDir, repo, target, baseLayers(target), logf)
+}
+
+// makeBase is MakeBase with dataLayers layers of files above the rootfs.
+func makeBase(ctx context.Context, tools Tools, reg *Registry, config, workDir, repo string, target int64, dataLayers int, logf Logf) (BaseImage, error) {
 	dir, err := os.MkdirTemp(workDir, "base-")
 	if err != nil {
 		return BaseImage{}, errors.WithStack(err)
@@ -59,7 +64,7 @@ func MakeBase(ctx context.Context, tools Tools, reg *Registry, config, workDir, 
 	ctxDir := filepath.Join(dir, "context")
 	img := BaseImage{Ref: reg.Addr + "/" + repo + ":latest", Target: target}
 	logf("preparing base image context: ~%d MB compressed from %s (gzip estimate per file)", target/MB, BaseSource)
-	img.Uncompressed, img.Layers, img.Files, err = prepareBaseContext(ctx, ctxDir, target)
+	img.Uncompressed, img.Layers, img.Files, err = prepareBaseContext(ctx, ctxDir, target, dataLayers)
 	if err != nil {
 		return img, err
 	}
@@ -101,8 +106,10 @@ type baseFile struct {
 // busybox as /bin/sh and its applets) and layerN/opt/base/N/..., filled
 // with files from BaseSource until the estimated compressed total reaches
 // target, cycling over the source again if it runs out. placed maps the
-// image path of each regular file to its source (see BaseImage.Files).
-func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompressed int64, layers int, placed map[string]string, err error) {
+// image path of each regular file to its source (see BaseImage.Files);
+// layers is the number of layerN directories, imageLayers that plus the
+// rootfs.
+func prepareBaseContext(ctx context.Context, dir string, target int64, layers int) (uncompressed int64, imageLayers int, placed map[string]string, err error) {
 	busybox, err := writeRootfs(filepath.Join(dir, "rootfs"))
 	if err != nil {
 		return 0, 0, nil, err
@@ -115,7 +122,6 @@ func prepareBaseContext(ctx context.Context, dir string, target int64) (uncompre
 	if len(files) == 0 {
 		return 0, 0, nil, errors.Errorf("no files under %s to make a base image of", BaseSource)
 	}
-	layers = baseLayers(target)
 	perLayer := target / int64(layers)
 	// A file bigger than a quarter of a layer (a 100 MB node binary) would
 	// overshoot the size asked for: leave it out.

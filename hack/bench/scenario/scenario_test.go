@@ -149,7 +149,7 @@ func TestBaseContextListsItsFiles(t *testing.T) {
 	_, err := exec.LookPath("busybox")
 	require.NoError(t, err, "busybox in PATH: apt-get install busybox-static (make deps)")
 	dir := t.TempDir()
-	_, layers, files, err := prepareBaseContext(context.Background(), dir, 2*MB)
+	_, layers, files, err := prepareBaseContext(context.Background(), dir, 2*MB, baseLayers(2*MB))
 	require.NoError(t, err)
 	require.Contains(t, files, "/bin/busybox")
 	require.Greater(t, len(files), layers)

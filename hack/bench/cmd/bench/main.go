@@ -28,6 +28,14 @@
 //
 //	go run ./cmd/bench -row unpack                       # -size 350 -runs 3
 //	go run ./cmd/bench -row unpack -unpack report,rootless -gunzip unpigz
+//
+// bin/buildclient runs its builds and counts the requests the client
+// served (Info of a lazily imported cache among them). -rtt adds a round
+// trip to the link, -layers makes bases by their number of layers (-shapes:
+// a base image of them, or a small one and a RUN step per other layer),
+// -remote-cases picks the builds (remote.go):
+//
+//	go run ./cmd/bench -size 350 -row remote -rtt 20ms -layers 7,30 -shapes image,steps -remote-cases cached,noexport -baseline OTHER/buildkitd
 package main
 
 import (
