@@ -12,6 +12,9 @@
 // prints its table and writes no report:
 //
 //	go run ./cmd/bench -size 350 -row remote
+//
+// -row clients (clients.go) is another: the export to a new directory by
+// client (buildctl, stock buildx, our buildx) and on a remote builder.
 package main
 
 import (
@@ -78,7 +81,7 @@ type options struct {
 
 func main() {
 	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
-	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset), or remote alone: the remote builder benchmark, which prints its table and writes no report")
+	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset), or remote or clients alone: the remote builder benchmark, or the export to a new directory by client, which print their tables and write no report")
 	rate := flag.Float64("rate", defaultRateMB, "-row remote: the link's limit in MB/s each way (0: unlimited)")
 	runs := flag.Int("runs", 3, "runs of build 2 per cell")
 	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
@@ -94,7 +97,8 @@ func main() {
 	}
 	var err error
 	remote := *rows == remoteRow
-	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote {
+	clients := *rows == clientsRow
+	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote && !clients {
 		opts.Rows, err = parseRows(*rows)
 	}
 	if err == nil && *rate < 0 {
@@ -114,6 +118,8 @@ func main() {
 	defer stop()
 	if remote {
 		err = benchRemote(ctx, opts, *rate)
+	} else if clients {
+		err = benchClients(ctx, opts, *rate)
 	} else {
 		err = run(ctx, opts)
 	}
