@@ -41,6 +41,7 @@ func testLocalCacheExportLinksImportedBlobs(t *testing.T, sb integration.Sandbox
 	for _, lazy := range []bool{true, false} {
 		t.Run("lazy="+strconv.FormatBool(lazy), func(t *testing.T) {
 			c, b := newCountingClient(t, sb)
+			defer ensurePruneAll(t, c, sb)
 			dest := filepath.Join(t.TempDir(), "cache-new")
 			_, err := c.Solve(sb.Context(), lc.def, lc.rotate(lazy, dest), nil)
 			require.NoError(t, err)
@@ -55,7 +56,6 @@ func testLocalCacheExportLinksImportedBlobs(t *testing.T, sb integration.Sandbox
 			for _, l := range lc.layers {
 				require.True(t, sameBlob(t, lc.dir, dest, l), "layer %s is not a link of the imported one", l)
 			}
-			ensurePruneAll(t, c, sb)
 		})
 	}
 }
@@ -81,6 +81,7 @@ func testLocalCacheExportCorruptImportedBlob(t *testing.T, sb integration.Sandbo
 			c, err := New(sb.Context(), sb.Address())
 			require.NoError(t, err)
 			defer c.Close()
+			defer ensurePruneAll(t, c, sb)
 			dest := filepath.Join(t.TempDir(), "cache-new")
 			_, err = c.Solve(sb.Context(), lc.def, lc.rotate(lazy, dest), nil)
 			if lazy {
@@ -93,7 +94,6 @@ func testLocalCacheExportCorruptImportedBlob(t *testing.T, sb integration.Sandbo
 				require.False(t, sameBlob(t, lc.dir, dest, bad))
 				require.True(t, sameBlob(t, lc.dir, dest, lc.layers[2]), "the layer above is not a link of the imported one")
 			}
-			ensurePruneAll(t, c, sb)
 		})
 	}
 }
