@@ -113,6 +113,10 @@ clean:
 #   make bench BENCH_FLAGS='-size 350 -row remote'   a remote builder (TCP,
 #                        TLS) behind a link of -rate MB/s (default 25); prints
 #                        its table, writes no report
+#   make bench BENCH_FLAGS='-size 350 -row clients'  the export to a new
+#                        directory by client (buildctl, bin/buildx,
+#                        dist/docker-buildx) and on a remote builder; prints
+#                        its tables, writes no report
 DEMO_FLAGS ?=
 BENCH_FLAGS ?=
 
@@ -121,7 +125,7 @@ BENCH_FLAGS ?=
 demo: deps build
 	cd hack/bench && go run ./cmd/demo $(DEMO_FLAGS)
 
-bench: deps build
+bench: deps build bin/buildx
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
 
 # Stress: rounds of concurrent builds on two buildkitd daemons, all
