@@ -112,7 +112,7 @@ func benchClientsSize(ctx context.Context, s *scenario.Session, opts options, cl
 		return "", err
 	}
 
-	times := map[string]map[string]stats.Sample{}
+	times, cpus := map[string]map[string]stats.Sample{}, map[string]map[string]stats.Sample{}
 	for k := 1; k <= opts.Runs; k++ {
 		for i := range clients {
 			c := clients[(i+k-1)%len(clients)]
@@ -122,15 +122,16 @@ func benchClientsSize(ctx context.Context, s *scenario.Session, opts options, cl
 				if col == "registry" {
 					cache = scenario.RegistryCache(b1, fmt.Sprintf("%s/cache-new-%dmb-%s-%d:newdir", s.Registry.Addr, sizeMB, strings.ReplaceAll(c.Name, " ", "-"), k))
 				}
-				d, err := clientBuild(ctx, s, dir, proj, pristine, c, cache, fmt.Sprintf("%s-%s-%d", strings.ReplaceAll(c.Name, " ", "-"), col, k))
+				d, cpu, err := clientBuild(ctx, s, dir, proj, pristine, c, cache, fmt.Sprintf("%s-%s-%d", strings.ReplaceAll(c.Name, " ", "-"), col, k))
 				if err != nil {
 					return "", errors.Wrapf(err, "%s, %s", c.Name, col)
 				}
 				if times[c.Name] == nil {
-					times[c.Name] = map[string]stats.Sample{}
+					times[c.Name], cpus[c.Name] = map[string]stats.Sample{}, map[string]stats.Sample{}
 				}
 				times[c.Name][col] = append(times[c.Name][col], d.Seconds())
-				s.Logf("%d MB run %d/%d %-12s %-8s build %6.2fs", sizeMB, k, opts.Runs, c.Name, col, d.Seconds())
+				cpus[c.Name][col] = append(cpus[c.Name][col], cpu.Seconds())
+				s.Logf("%d MB run %d/%d %-12s %-8s build %6.2fs, client CPU %5.2fs, load %s", sizeMB, k, opts.Runs, c.Name, col, d.Seconds(), cpu.Seconds(), scenario.LoadAvg())
 			}
 		}
 	}
@@ -140,7 +141,7 @@ func benchClientsSize(ctx context.Context, s *scenario.Session, opts options, cl
 		row := []string{c.Name}
 		for _, col := range cacheCols {
 			t := times[c.Name][col]
-			row = append(row, fmt.Sprintf("**%s** (%s–%s)", secs(t.Median()), secs(t.Min()), secs(t.Max())))
+			row = append(row, fmt.Sprintf("**%s** (%s–%s)<br>client CPU %.2f s", secs(t.Median()), secs(t.Min()), secs(t.Max()), cpus[c.Name][col].Median()))
 		}
 		tbl.AddRow(append(row, fmt.Sprintf("%.2f", stats.Ratio(times[c.Name]["lazy"].Median(), times[c.Name]["registry"].Median())))...)
 	}
@@ -153,48 +154,54 @@ func benchClientsSize(ctx context.Context, s *scenario.Session, opts options, cl
 
 // clientBuild runs build 2 once with client c on a fresh daemon, the
 // pristine cache cloned as a CI job restores it, and returns the wall time
-// of the build command alone.
-func clientBuild(ctx context.Context, s *scenario.Session, dir string, proj *scenario.Project, pristine string, c benchClient, cache scenario.Cache, name string) (time.Duration, error) {
+// and the CPU time (user and system) of the build command alone: the
+// client's share, hashing what it places included.
+func clientBuild(ctx context.Context, s *scenario.Session, dir string, proj *scenario.Project, pristine string, c benchClient, cache scenario.Cache, name string) (time.Duration, time.Duration, error) {
 	runDir := filepath.Join(dir, "run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
-		return 0, errors.WithStack(err)
+		return 0, 0, errors.WithStack(err)
 	}
 	defer scenario.RemoveAll(runDir)
 	if err := scenario.CloneCache(pristine, filepath.Join(runDir, "cache")); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	d, err := scenario.StartDaemon(ctx, s.Tools, filepath.Join(runDir, "root"), s.Config, runDir)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer d.Stop()
 	logPath := filepath.Join(dir, name+".log")
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return 0, errors.WithStack(err)
+		return 0, 0, errors.WithStack(err)
 	}
 	defer logf.Close()
-	if c.buildx == "" {
-		start := time.Now()
-		err := d.Buildctl(ctx, logf, proj.Args(cache, "")...)
-		return time.Since(start), errors.Wrapf(err, "output in %s", logPath)
-	}
-	buildx := func(args ...string) error {
-		cmd := exec.CommandContext(ctx, c.buildx, args...)
+	var cpu time.Duration
+	command := func(path string, args ...string) error {
+		cmd := exec.CommandContext(ctx, path, args...)
 		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+filepath.Join(runDir, "docker-config"), "BUILDX_BUILDER=bench")
 		cmd.Stdout, cmd.Stderr = logf, logf
-		return errors.Wrapf(cmd.Run(), "%s %s: output in %s", c.Name, strings.Join(args, " "), logPath)
+		err := cmd.Run()
+		if cmd.ProcessState != nil {
+			cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		}
+		return errors.Wrapf(err, "%s %s: output in %s", c.Name, strings.Join(args, " "), logPath)
 	}
-	if err := buildx("create", "--driver", "remote", "--name", "bench", d.Addr); err != nil {
-		return 0, err
+	if c.buildx == "" {
+		start := time.Now()
+		err := command(s.Tools.Buildctl, append(d.ClientArgs(d.Addr), proj.Args(cache, "")...)...)
+		return time.Since(start), cpu, err
 	}
-	if err := buildx("inspect", "--bootstrap"); err != nil {
-		return 0, err
+	if err := command(c.buildx, "create", "--driver", "remote", "--name", "bench", d.Addr); err != nil {
+		return 0, 0, err
+	}
+	if err := command(c.buildx, "inspect", "--bootstrap"); err != nil {
+		return 0, 0, err
 	}
 	start := time.Now()
-	err = buildx("build", "--progress=plain", "--output", "type=cacheonly",
+	err = command(c.buildx, "build", "--progress=plain", "--output", "type=cacheonly",
 		"--cache-from", cache.Import, "--cache-to", cache.Export, proj.Dir)
-	return time.Since(start), err
+	return time.Since(start), cpu, err
 }
 
 // benchRemoteNewDir runs the newdir case on a remote builder (remoteBuild:
