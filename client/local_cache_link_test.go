@@ -60,42 +60,59 @@ func testLocalCacheExportLinksImportedBlobs(t *testing.T, sb integration.Sandbox
 	}
 }
 
-// testLocalCacheExportCorruptImportedBlob checks that a layer blob whose
-// bytes do not match its digest in the imported directory never lands in
-// the new one. Imported lazily, the daemon copies the bad bytes to the
-// client, which refuses them: the build fails. Imported eagerly, the record
-// is dropped at load and its step runs again: the export writes the blob
-// anew, and the layer above it, which did not change, is still linked.
+// testLocalCacheExportCorruptImportedBlob checks that a blob whose bytes do
+// not match its digest in the imported directory never lands in the new
+// one. A layer the imported cache references, imported lazily: the client
+// does not place it, the daemon copies the bad bytes to the client, whose
+// store refuses them, and the build fails. A stray blob, which no record of
+// the imported cache references, under the digest of a layer the build
+// makes: the daemon writes the layer it made, and an intact stray blob
+// beside it is linked.
 func testLocalCacheExportCorruptImportedBlob(t *testing.T, sb integration.Sandbox) {
-	for _, lazy := range []bool{true, false} {
-		t.Run("lazy="+strconv.FormatBool(lazy), func(t *testing.T) {
-			lc := newLinkedCache(t, sb)
-			bad := lc.layers[1]
-			p := filepath.Join(lc.dir, "blobs", bad.Algorithm().String(), bad.Encoded())
-			dt, err := os.ReadFile(p)
+	t.Run("lazy", func(t *testing.T) {
+		lc := newLinkedCache(t, sb)
+		bad := lc.layers[1]
+		corruptBlob(t, lc.dir, bad)
+		c, err := New(sb.Context(), sb.Address())
+		require.NoError(t, err)
+		defer c.Close()
+		defer ensurePruneAll(t, c, sb)
+		dest := filepath.Join(t.TempDir(), "cache-new")
+		_, err = c.Solve(sb.Context(), lc.def, lc.rotate(true, dest), nil)
+		require.ErrorContains(t, err, "unexpected commit digest")
+		_, err = os.Stat(filepath.Join(dest, "blobs", bad.Algorithm().String(), bad.Encoded()))
+		require.ErrorIs(t, err, os.ErrNotExist)
+	})
+	t.Run("stray", func(t *testing.T) {
+		lc := newLinkedCache(t, sb)
+		other := newLinkedCache(t, sb)
+		for _, l := range lc.layers[1:] {
+			dt, err := os.ReadFile(filepath.Join(lc.dir, "blobs", l.Algorithm().String(), l.Encoded()))
 			require.NoError(t, err)
-			dt[len(dt)/2] ^= 0xff
-			require.NoError(t, os.Chmod(p, 0o644))
-			require.NoError(t, os.WriteFile(p, dt, 0o644))
+			require.NoError(t, os.WriteFile(filepath.Join(other.dir, "blobs", l.Algorithm().String(), l.Encoded()), dt, 0o444))
+		}
+		corruptBlob(t, other.dir, lc.layers[1])
+		c, err := New(sb.Context(), sb.Address())
+		require.NoError(t, err)
+		defer c.Close()
+		defer ensurePruneAll(t, c, sb)
+		dest := filepath.Join(t.TempDir(), "cache-new")
+		_, err = c.Solve(sb.Context(), lc.def, other.rotate(false, dest), nil)
+		require.NoError(t, err)
+		require.Equal(t, lc.layers, requireCompleteCache(t, dest))
+		require.False(t, sameBlob(t, other.dir, dest, lc.layers[1]), "the corrupt blob was linked")
+		require.True(t, sameBlob(t, other.dir, dest, lc.layers[2]), "the intact blob is not a link of the imported one")
+	})
+}
 
-			c, err := New(sb.Context(), sb.Address())
-			require.NoError(t, err)
-			defer c.Close()
-			defer ensurePruneAll(t, c, sb)
-			dest := filepath.Join(t.TempDir(), "cache-new")
-			_, err = c.Solve(sb.Context(), lc.def, lc.rotate(lazy, dest), nil)
-			if lazy {
-				require.ErrorContains(t, err, "unexpected commit digest")
-				_, err = os.Stat(filepath.Join(dest, "blobs", bad.Algorithm().String(), bad.Encoded()))
-				require.ErrorIs(t, err, os.ErrNotExist)
-			} else {
-				require.NoError(t, err)
-				require.Equal(t, lc.layers, requireCompleteCache(t, dest))
-				require.False(t, sameBlob(t, lc.dir, dest, bad))
-				require.True(t, sameBlob(t, lc.dir, dest, lc.layers[2]), "the layer above is not a link of the imported one")
-			}
-		})
-	}
+// corruptBlob flips one byte of the blob dgst in the cache directory dir.
+func corruptBlob(t *testing.T, dir string, dgst digest.Digest) {
+	p := filepath.Join(dir, "blobs", dgst.Algorithm().String(), dgst.Encoded())
+	dt, err := os.ReadFile(p)
+	require.NoError(t, err)
+	dt[len(dt)/2] ^= 0xff
+	require.NoError(t, os.Chmod(p, 0o644))
+	require.NoError(t, os.WriteFile(p, dt, 0o644))
 }
 
 // linkedCache is a cache directory of three layers of random bytes,
