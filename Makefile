@@ -105,7 +105,7 @@ test: deps vet test-unit build test-docs test-integration test-series test-lazy 
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).
-DOCS = README.md $(wildcard docs/*.md) $(wildcard series/*/cover)
+DOCS = README.md CONTRIBUTING.md $(wildcard docs/*.md) $(wildcard series/*/cover)
 
 .PHONY: test-docs
 

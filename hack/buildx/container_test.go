@@ -25,7 +25,8 @@ import (
 //	--cache-to type=local,dest=DIR-new,mode=max
 //	rm -rf DIR && mv DIR-new DIR
 //
-// Job 1 finds no DIR. Job 2 finds every step cached, extracts nothing, and
+// The builder is checked as the README's recipe checks it (buildx inspect
+// prints our BuildKit version). Job 1 finds no DIR. Job 2 finds every step cached, extracts nothing, and
 // its DIR-new is complete, its layers hard links of DIR's: the client
 // placed them, through the driver's docker exec, and the daemon sent none.
 // After the rotation DIR is complete.
@@ -48,6 +49,10 @@ func TestContainerRotation(t *testing.T) {
 				t.Errorf("buildx rm: %v\n%s", res.err, res.stderr)
 			}
 		}()
+		// The README's verify step: the builder runs our buildkitd.
+		res = b.run(t, "", "inspect", builderName)
+		require.NoError(t, res.err, "buildx inspect:\n%s", res.stderr)
+		require.Regexp(t, `(?m)^BuildKit version:\s+v0\.34\.2\+lazylocal\.`, res.stdout, "buildx inspect")
 		res = b.run(t, work, "build", "--progress=plain", "--output", "type=cacheonly",
 			"--cache-from", "type=local,src="+dir+",lazy=true",
 			"--cache-to", "type=local,dest="+dir+"-new,mode=max", ctxDir)
@@ -161,7 +166,7 @@ func startDocker(t *testing.T, tl tools) *dockerEngine {
 	}
 
 	out := dk.docker(t, "load", "-i", tarball)
-	m := regexp.MustCompile(`(?m)^Loaded image: (lazylocal/buildkit:\S+)$`).FindAllStringSubmatch(out, -1)
+	m := regexp.MustCompile(`(?m)^Loaded image: (` + regexp.QuoteMeta(imageName()) + `:\S+)$`).FindAllStringSubmatch(out, -1)
 	require.NotEmpty(t, m, "docker load %s:\n%s", tarball, out)
 	for _, l := range m {
 		if !strings.HasSuffix(l[1], ":latest") {
@@ -212,4 +217,13 @@ func unmountUnder(dir string) {
 	for _, m := range mounts {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
 	}
+}
+
+// imageName is the name hack/make-image gives the images: IMAGE_NAME, by
+// default localhost/buildkit-lazylocal.
+func imageName() string {
+	if n := os.Getenv("IMAGE_NAME"); n != "" {
+		return n
+	}
+	return "localhost/buildkit-lazylocal"
 }

@@ -216,12 +216,18 @@ func benchRemoteNewDir(ctx context.Context, s *scenario.Session, opts options, d
 	if err != nil {
 		return "", err
 	}
+	client := filepath.Join(opts.Repo, "bin", "buildclient")
+	if _, err := os.Stat(client); err != nil {
+		return "", errors.Errorf("%s not found: run make bin/buildclient (make bench builds it)", client)
+	}
+	b := &remoteBase{Base: base, Dir: dir, Proj: proj, Pristine: pristine}
 	runs := map[string][]remoteRun{}
 	cols := []string{"eager", "lazy"}
 	for k := 1; k <= opts.Runs; k++ {
 		for i := range cols {
 			col := cols[(i+k-1)%len(cols)]
-			r, err := remoteBuild(ctx, s, dir, certs, proj, pristine, c, col == "lazy", rateMB, fmt.Sprintf("remote-newdir-%s-%d", col, k))
+			rc := remoteColumn{Name: col, Title: col, Buildkitd: s.Tools.Buildkitd, Lazy: col == "lazy"}
+			r, err := remoteBuild(ctx, s, client, b, certs, remoteCase{Name: "newdir", Title: c.Title, Of: "newdir", Case: c}, rc, rateMB, 0, fmt.Sprintf("remote-newdir-%s-%d", col, k))
 			if err != nil {
 				return "", errors.Wrapf(err, "remote, %s", col)
 			}
