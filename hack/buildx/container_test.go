@@ -26,8 +26,8 @@ import (
 //	rm -rf DIR && mv DIR-new DIR
 //
 // The builder is checked as the README's recipe checks it (buildx inspect
-// prints our BuildKit version). Job 1 finds no DIR. Job 2 finds every step cached, extracts nothing, and
-// its DIR-new is complete, its layers hard links of DIR's: the client
+// prints our BuildKit version). Job 1 finds no DIR. Job 2 finds every step
+// cached, extracts nothing, and its DIR-new is complete, its layers hard links of DIR's: the client
 // placed them, through the driver's docker exec, and the daemon sent none.
 // After the rotation DIR is complete.
 func TestContainerRotation(t *testing.T) {
