@@ -166,7 +166,7 @@ func startDocker(t *testing.T, tl tools) *dockerEngine {
 	}
 
 	out := dk.docker(t, "load", "-i", tarball)
-	m := regexp.MustCompile(`(?m)^Loaded image: (` + regexp.QuoteMeta(imageName()) + `:\S+)$`).FindAllStringSubmatch(out, -1)
+	m := regexp.MustCompile(`(?m)^Loaded image: (`+regexp.QuoteMeta(imageName())+`:\S+)$`).FindAllStringSubmatch(out, -1)
 	require.NotEmpty(t, m, "docker load %s:\n%s", tarball, out)
 	for _, l := range m {
 		if !strings.HasSuffix(l[1], ":latest") {
