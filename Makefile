@@ -2,7 +2,9 @@
 #
 #   make build           build/buildkit: upstream's source at the pin with our
 #                        series applied (hack/tree); bin/buildkitd and
-#                        bin/buildctl built from it
+#                        bin/buildctl built from it, and dist/docker-buildx:
+#                        buildx on the same client library, a Docker CLI
+#                        plugin (see buildx-plugin below)
 #   make test            everything below, on a real buildkitd with runc
 #   make test-lazy       our wider suite of lazy=true (hack/lazytest)
 #   make test-stress     concurrent lazy imports of one directory while builds
@@ -48,6 +50,7 @@ build: tree
 	@mkdir -p bin
 	cd $(TREE) && CGO_ENABLED=0 go build -ldflags "$(LDFLAGS)" -o $(CURDIR)/bin/ ./cmd/buildkitd ./cmd/buildctl
 	@bin/buildkitd --version
+	@$(MAKE) --no-print-directory buildx-plugin
 
 deps:
 	@hack/install-deps
@@ -102,7 +105,7 @@ test: deps vet test-unit build test-docs test-integration test-series test-lazy 
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).
-DOCS = README.md $(wildcard docs/*.md) $(wildcard series/*/cover)
+DOCS = README.md CONTRIBUTING.md $(wildcard docs/*.md) $(wildcard series/*/cover)
 
 .PHONY: test-docs
 
@@ -130,6 +133,10 @@ clean:
 #                        20 minutes); prints its tables, writes -md FILE if given
 #   make bench BENCH_FLAGS='-row unpack -unpack report,rootless'   adds build 2
 #                        in our rootless image (make image first)
+#   make bench BENCH_FLAGS='-size 350 -row clients'  the export to a new
+#                        directory by client (buildctl, bin/buildx,
+#                        dist/docker-buildx) and on a remote builder; prints
+#                        its tables, writes no report
 #
 # make bench and make demo run other daemons beside bin/ (make build-others,
 # hack/build-tag: each built once from a tag of the tree, in build/tags/):
@@ -152,7 +159,7 @@ demo: deps build build-others
 
 # hack/install-deps bench: igzip and unpigz, which -row unpack decompresses
 # gzip layers with (-gunzip), as our images do.
-bench: deps build build-others bin/buildclient
+bench: deps build build-others bin/buildclient bin/buildx
 	@hack/install-deps bench
 	cd hack/bench && go run ./cmd/bench $(BENCH_FLAGS)
 
@@ -221,10 +228,12 @@ test-wrapper: deps build
 #   make test-buildx   buildx build and bake with lazy local cache import,
 #                      against fresh bin/buildkitd daemons (run as root), and
 #                      remote builders: daemons on TCP with TLS behind a proxy
-#                      that counts the bytes on the link, one node and two
+#                      that counts the bytes on the link, one node and two;
+#                      with stock buildx and with ours (dist/docker-buildx)
 #
-# hack/buildx is a module of its own: buildx is a test tool there, never part
-# of the binaries we ship.
+# hack/buildx is a module of its own: stock buildx is a test tool there;
+# dist/docker-buildx, the same buildx built on our client library, is what
+# we ship to buildx users.
 BUILDX_VERSION = $(shell cd hack/buildx && go list -m -f '{{.Version}}' github.com/docker/buildx)
 
 .PHONY: test-buildx
@@ -235,8 +244,41 @@ bin/buildx: hack/buildx/go.mod hack/buildx/go.sum
 		-o ../../bin/buildx github.com/docker/buildx/cmd/buildx
 	@bin/buildx version
 
-test-buildx: deps build bin/buildx
-	cd hack/buildx && go vet ./... && go test -count=1 -v -timeout 10m ./...
+# Our buildx: the same buildx, at the version hack/buildx/go.mod pins, built
+# on the client library of $(TREE), the tree bin/buildctl is built from, so
+# that buildx users get what our client does (series 04's pinning, 06's
+# linking). A Docker CLI plugin, static like buildx's releases:
+#
+#   install -D -m 0755 dist/docker-buildx ~/.docker/cli-plugins/docker-buildx
+#   docker buildx version     # github.com/docker/buildx v0.38.2+lazylocal.N ...
+#
+# The module graph is hack/buildx's (build/buildx-ours.mod is its go.mod
+# with a replace of github.com/moby/buildkit by $(TREE), whose go.mod is
+# upstream's at the pin, which buildx requires: same versions, same go.sum).
+OURS_BUILDX_VERSION = $(BUILDX_VERSION)+lazylocal.$(BUILD_NUMBER)
+OURS_BUILDX_MOD := $(CURDIR)/build/buildx-ours.mod
+
+.PHONY: buildx-plugin
+
+buildx-plugin:
+	@mkdir -p dist build
+	cp hack/buildx/go.mod $(OURS_BUILDX_MOD) && cp hack/buildx/go.sum $(OURS_BUILDX_MOD:.mod=.sum)
+	go mod edit -replace $(PKG)=$(CURDIR)/$(TREE) $(OURS_BUILDX_MOD)
+	cd hack/buildx && CGO_ENABLED=0 go build -modfile=$(OURS_BUILDX_MOD) \
+		-ldflags "-X github.com/docker/buildx/version.Version=$(OURS_BUILDX_VERSION) -X github.com/docker/buildx/version.Revision=$(REVISION) $(LDFLAGS)" \
+		-o ../../dist/docker-buildx github.com/docker/buildx/cmd/buildx
+	@dist/docker-buildx version
+
+# The tests that name no client run with stock buildx (bin/buildx), then
+# again with ours (dist/docker-buildx). TestClientsDiffer runs the two side
+# by side where our client library changes what users get (series 04's
+# pinning, 06's linking) and logs a table of what differs;
+# TestContainerRotation runs the GitHub Actions guide's cache rotation with
+# ours on the docker-container driver and our root image (make image).
+test-buildx: deps build bin/buildx image
+	cd hack/buildx && go vet ./... && go test -count=1 -v -timeout 30m ./...
+	cd hack/buildx && BUILDX=$(CURDIR)/dist/docker-buildx go test -count=1 -v -timeout 20m \
+		-skip '^Test(ClientsDiffer|ContainerRotation)$$' ./...
 
 # the image
 #

@@ -59,7 +59,7 @@ func requireEnv(t *testing.T) *env {
 		shared, sharedErr = setup(tl)
 		if sharedErr == nil {
 			t.Logf("dockerd, registry, images loaded: %.1fs", time.Since(start).Seconds())
-			out, _ := shared.docker(context.Background(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "lazylocal/buildkit")
+			out, _ := shared.docker(context.Background(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", imageName())
 			t.Logf("images:\n%s", out)
 		}
 	})
@@ -97,8 +97,8 @@ func setup(tl tools) (*env, error) {
 		return nil, err
 	}
 	tag := strings.ReplaceAll(e.version, "+", "-")
-	e.rootImage = "lazylocal/buildkit:" + tag
-	e.rootlessImage = "lazylocal/buildkit:" + tag + "-rootless"
+	e.rootImage = imageName() + ":" + tag
+	e.rootlessImage = imageName() + ":" + tag + "-rootless"
 
 	if err := e.startRegistry(); err != nil {
 		return nil, err
@@ -429,4 +429,14 @@ func unmountUnder(dir string) {
 			_ = syscall.Unmount(m, syscall.MNT_DETACH)
 		}
 	}
+}
+
+// imageName is the name hack/make-image gives the images: IMAGE_NAME, by
+// default localhost/buildkit-lazylocal, which no registry but this
+// machine's own can answer for.
+func imageName() string {
+	if n := os.Getenv("IMAGE_NAME"); n != "" {
+		return n
+	}
+	return "localhost/buildkit-lazylocal"
 }

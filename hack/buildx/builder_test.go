@@ -27,6 +27,7 @@ const (
 type builder struct {
 	tl           tools
 	dockerConfig string
+	env          []string // more environment, such as DOCKER_HOST
 }
 
 // newBuilder creates a buildx builder for d and makes it the current one.
@@ -96,6 +97,7 @@ func (b *builder) run(t *testing.T, dir string, args ...string) result {
 		cmd.Env = append(cmd.Env, kv)
 	}
 	cmd.Env = append(cmd.Env, "DOCKER_CONFIG="+b.dockerConfig, "BUILDX_BUILDER="+builderName, "NO_COLOR=1")
+	cmd.Env = append(cmd.Env, b.env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()

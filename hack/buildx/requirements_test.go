@@ -20,7 +20,13 @@ const busyboxPath = "/bin/busybox"
 type tools struct {
 	buildkitd string
 	buildctl  string
-	buildx    string
+	// buildx runs the tests that do not name a client: bin/buildx, stock
+	// buildx (make test-buildx runs them again with BUILDX set to ours).
+	buildx string
+	// stockBuildx and oursBuildx are the two clients that the tests of
+	// what differs between them run side by side: bin/buildx, and
+	// dist/docker-buildx, the same buildx on our client library.
+	stockBuildx, oursBuildx string
 }
 
 // requireTools returns the tools or fails the test saying what to install or
@@ -37,10 +43,17 @@ func requireTools(t *testing.T) tools {
 		buildctl:  binary("BUILDCTL", "buildctl"),
 		buildx:    binary("BUILDX", "buildx"),
 	}
+	tl.stockBuildx = binary("BUILDX_STOCK", "buildx")
+	tl.oursBuildx = os.Getenv("BUILDX_OURS")
+	if tl.oursBuildx == "" {
+		tl.oursBuildx, _ = filepath.Abs(filepath.Join("..", "..", "dist", "docker-buildx"))
+	}
 	for _, b := range []struct{ path, how string }{
 		{tl.buildkitd, "make build"},
 		{tl.buildctl, "make build"},
 		{tl.buildx, "make bin/buildx"},
+		{tl.stockBuildx, "make bin/buildx"},
+		{tl.oursBuildx, "make build"},
 	} {
 		if !executable(b.path) {
 			missing = append(missing, b.path+": run "+b.how)

@@ -25,7 +25,7 @@ type ref struct {
 var (
 	spanRe   = regexp.MustCompile("`([^`\n]+)`")
 	linkRe   = regexp.MustCompile(`\]\(([^)\s]+)\)`)
-	makeRe   = regexp.MustCompile(`\bmake((?:\s+[a-z][a-z0-9-]*(?:/[a-z0-9.-]+)*)+)`)
+	makeRe   = regexp.MustCompile(`(?:^|[;&|(]\s*|^\$\s+)make((?:\s+[a-z][a-z0-9-]*(?:/[a-z0-9.-]+)*)+)`)
 	varRe    = regexp.MustCompile(`(?:^|[\s'"(])([A-Z][A-Z0-9]*_[A-Z0-9_]+|[A-Z]{4,}[A-Z0-9]*)=|\$\{?([A-Z][A-Z0-9]*_[A-Z0-9_]+)`)
 	testRe   = regexp.MustCompile(`\b((?:Test|test|Benchmark)[A-Z][A-Za-z0-9_]*)\b`)
 	pathRe   = regexp.MustCompile(`^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.*<>-]+)+/?$|^[A-Za-z0-9_-]+\.(?:go|md|sh|diff|txt|mod|png)$|^Makefile$`)
@@ -45,6 +45,12 @@ func extract(doc, text string) []ref {
 		}
 		var code []string
 		if inBlock {
+			// A shell comment is prose: "# make image first" names no target.
+			if i := strings.Index(l, " #"); i >= 0 {
+				l = l[:i]
+			} else if strings.HasPrefix(strings.TrimSpace(l), "#") {
+				l = ""
+			}
 			code = []string{l}
 		} else {
 			for _, m := range spanRe.FindAllStringSubmatch(l, -1) {

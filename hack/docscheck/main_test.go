@@ -30,6 +30,7 @@ func TestCheck(t *testing.T) {
 	doc := "See `hack/run`, `cache/manager.go:372-380`, [page](page.md) and `bin/buildkitd`.\n" +
 		"Run `make build test-docs` with `IMAGE_NAME=me/bk`; TestLocalThing and TestUnit pass.\n" +
 		"Not ours: `DIR/index.json`, `core/remotes/handlers.go`, `series/NN-name/`.\n" +
+		"```\nmake build  # then make it faster\n# make sure\n```\n" +
 		"Gone: `hack/gone`, [gone](gone.md), `make nothing`, `NO_SUCH_VAR=1`, TestGone.\n"
 	idx, err := newIndex(repo, tree)
 	if err != nil {

@@ -36,6 +36,9 @@
 // -remote-cases picks the builds (remote.go):
 //
 //	go run ./cmd/bench -size 350 -row remote -rtt 20ms -layers 7,30 -shapes image,steps -remote-cases cached,noexport -baseline OTHER/buildkitd
+//
+// -row clients (clients.go) is another: the export to a new directory by
+// client (buildctl, stock buildx, our buildx) and on a remote builder.
 package main
 
 import (
@@ -102,7 +105,7 @@ type options struct {
 
 func main() {
 	sizes := flag.String("size", "50,350,1200", "base image compressed sizes in MB, comma separated")
-	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset), or remote alone: the remote builder benchmark, which prints its table and writes no report")
+	rows := flag.String("row", "report,link,cached,oci,newdir,reset", "scenarios to run, comma separated (report, link, cached, oci, newdir, reset), or remote or clients alone: the remote builder benchmark, or the export to a new directory by client, which print their tables and write no report")
 	rate := flag.Float64("rate", defaultRateMB, "-row remote: the link's limit in MB/s each way (0: unlimited)")
 	runs := flag.Int("runs", 3, "runs of build 2 per cell")
 	md := flag.String("md", "", "Markdown report to write (default <repo>/docs/benchmarks.md)")
@@ -127,10 +130,11 @@ func main() {
 	var err error
 	remote := *rows == remoteRow
 	unpacking := *rows == unpackRow
+	clients := *rows == clientsRow
 	if unpacking && !given["size"] {
 		*sizes = "350"
 	}
-	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote && !unpacking {
+	if opts.Sizes, err = parseSizes(*sizes); err == nil && !remote && !unpacking && !clients {
 		opts.Rows, err = parseRows(*rows)
 	}
 	if err == nil && unpacking && len(opts.Sizes) != 1 {
@@ -159,6 +163,8 @@ func main() {
 		if uo, err = newUnpackOpts(opts, *unpack, *gunzip, *baselineBin, *upstreamBin, given["md"], *profileDir, *profileSecs); err == nil {
 			err = benchUnpack(ctx, uo)
 		}
+	case clients:
+		err = benchClients(ctx, opts, *rate)
 	default:
 		err = run(ctx, opts)
 	}

@@ -50,7 +50,7 @@ func (b *unpackBench) startDocker(ctx context.Context) error {
 	if _, err := b.docker.Docker(ctx, "load", "-i", tarball); err != nil {
 		return err
 	}
-	b.image = "lazylocal/buildkit:" + strings.ReplaceAll(version, "+", "-") + "-rootless"
+	b.image = imageName() + ":" + strings.ReplaceAll(version, "+", "-") + "-rootless"
 	got, err := b.docker.Docker(ctx, "image", "inspect", "--format", `{{index .Config.Labels "org.opencontainers.image.version"}}`, b.image)
 	if err != nil {
 		return errors.Wrapf(err, "%s is not in %s (made from another bin/buildkitd?): run make image", b.image, tarball)
@@ -142,4 +142,13 @@ func chownTree(dir string, uid int) error {
 		}
 		return os.Lchown(p, uid, uid)
 	}))
+}
+
+// imageName is the name hack/make-image gives the images: IMAGE_NAME, by
+// default localhost/buildkit-lazylocal.
+func imageName() string {
+	if n := os.Getenv("IMAGE_NAME"); n != "" {
+		return n
+	}
+	return "localhost/buildkit-lazylocal"
 }

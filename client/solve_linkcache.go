@@ -1,0 +1,75 @@
+package client
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/containerd/containerd/v2/core/content"
+	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/pkg/errors"
+)
+
+// placeImported puts the blob desc into the export directory, when it lacks
+// it and a directory the solve imports holds it: a hard link where the file
+// system allows, a copy from the import's store otherwise (another file
+// system, or a pinned blob its directory has lost). Either is hashed before
+// it lands; a blob that does not match desc is left for the daemon to write.
+func (s *cacheExportStore) placeImported(ctx context.Context, desc ocispecs.Descriptor) error {
+	if _, err := s.Store.Info(ctx, desc.Digest); err == nil || desc.Digest.Validate() != nil {
+		return nil
+	}
+	rel := filepath.Join("blobs", desc.Digest.Algorithm().String(), desc.Digest.Encoded())
+	for dir, cs := range s.imports {
+		if _, err := cs.Info(ctx, desc.Digest); err != nil {
+			continue
+		}
+		if linkBlob(filepath.Join(dir, rel), s.dir, rel, desc) == nil {
+			return nil
+		}
+		ra, err := cs.ReaderAt(ctx, desc)
+		if err != nil {
+			return err
+		}
+		defer ra.Close()
+		ref := "import-" + desc.Digest.String()
+		if err := content.WriteBlob(ctx, s.Store, ref, content.NewReader(ra), desc); err != nil {
+			s.Store.Abort(context.WithoutCancel(ctx), ref)
+			return errors.Wrapf(err, "failed to copy blob %s from local cache %s", desc.Digest, dir)
+		}
+		return nil
+	}
+	return nil
+}
+
+// linkBlob hard-links src to rel in the directory root once the link hashes
+// to desc.
+func linkBlob(src, root, rel string, desc ocispecs.Descriptor) error {
+	tmp, err := os.MkdirTemp(root, ".import-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	p := filepath.Join(tmp, "blob")
+	if err := os.Link(src, p); err != nil {
+		return err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	d := desc.Digest.Algorithm().Digester()
+	n, err := io.Copy(d.Hash(), f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	if n != desc.Size || d.Digest() != desc.Digest {
+		return errors.Errorf("%s holds %d bytes of digest %s, not %s", src, n, d.Digest(), desc.Digest)
+	}
+	if err := os.MkdirAll(filepath.Join(root, filepath.Dir(rel)), 0o755); err != nil {
+		return err
+	}
+	return os.Rename(p, filepath.Join(root, rel))
+}

@@ -1,0 +1,82 @@
+package client
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	contentlocal "github.com/containerd/containerd/v2/plugins/content/local"
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/gofrs/flock"
+	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stretchr/testify/require"
+)
+
+// newLinkingExportStore returns an export store in a new directory, for a
+// solve that imports a directory holding blob, and the blob's descriptor.
+func newLinkingExportStore(t *testing.T, blob []byte) (*cacheExportStore, content.Store, ocispecs.Descriptor) {
+	src := t.TempDir()
+	srcStore, err := contentlocal.NewStore(src)
+	require.NoError(t, err)
+	dgst := writeBlob(t.Context(), t, srcStore, blob)
+	dest := t.TempDir()
+	destStore, err := contentlocal.NewStore(dest)
+	require.NoError(t, err)
+	s := &cacheExportStore{Store: destStore, lock: flock.New(filepath.Join(dest, "cache.lock")), dir: dest, imports: map[string]content.Store{src: srcStore}}
+	t.Cleanup(func() { s.Close() })
+	return s, destStore, ocispecs.Descriptor{Digest: dgst, Size: int64(len(blob))}
+}
+
+// An imported blob is placed once the export holds the directory's shared
+// lock, as a blob the export writes: not while a reset holds it, and
+// afterwards the writer for it is answered AlreadyExists.
+func TestCacheExportStorePlacesImportedBlobUnderLock(t *testing.T) {
+	ctx := t.Context()
+	blob := []byte("imported layer")
+	s, dest, desc := newLinkingExportStore(t, blob)
+
+	reset := flock.New(s.lock.Path())
+	locked, err := reset.TryLock()
+	require.NoError(t, err)
+	require.True(t, locked)
+	lockCtx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = s.Writer(lockCtx, content.WithRef("export"), content.WithDescriptor(desc))
+	require.ErrorContains(t, err, "failed to lock cache store for export")
+	_, err = dest.Info(ctx, desc.Digest)
+	require.ErrorIs(t, err, cerrdefs.ErrNotFound)
+	require.NoError(t, reset.Unlock())
+
+	_, err = s.Writer(ctx, content.WithRef("export"), content.WithDescriptor(desc))
+	require.ErrorIs(t, err, cerrdefs.ErrAlreadyExists)
+	require.True(t, s.lock.RLocked())
+	dt, err := content.ReadBlob(ctx, dest, desc)
+	require.NoError(t, err)
+	require.Equal(t, blob, dt)
+}
+
+// An imported blob whose bytes do not match its digest is not placed: the
+// writer is the store's, for the daemon to write the blob.
+func TestCacheExportStoreSkipsMismatchedBlob(t *testing.T) {
+	ctx := t.Context()
+	s, dest, desc := newLinkingExportStore(t, []byte("imported layer"))
+	for dir := range s.imports {
+		p := filepath.Join(dir, "blobs", desc.Digest.Algorithm().String(), desc.Digest.Encoded())
+		require.NoError(t, os.Chmod(p, 0o644))
+		require.NoError(t, os.WriteFile(p, []byte("corrupt layer!"), 0o644))
+	}
+
+	w, err := s.Writer(ctx, content.WithRef("export"), content.WithDescriptor(desc))
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	_, err = dest.Info(ctx, desc.Digest)
+	require.ErrorIs(t, err, cerrdefs.ErrNotFound)
+	entries, err := os.ReadDir(s.dir)
+	require.NoError(t, err)
+	for _, e := range entries {
+		require.NotContains(t, e.Name(), ".import-", "a temporary file is left")
+	}
+}
