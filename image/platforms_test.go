@@ -47,6 +47,16 @@ func requireArm64Emulation(t *testing.T) {
 	t.Fatalf("arm64 emulation: %s lacks the F (fix-binary) flag, without which containers cannot find the interpreter:\n%s", qemuAarch64, s)
 }
 
+// fullName is ref as containerd names it in an OCI layout: with docker.io/
+// in front unless its first part names a registry (localhost, or a host
+// with a dot or a port).
+func fullName(ref string) string {
+	if first, _, ok := strings.Cut(ref, "/"); ok && (first == "localhost" || strings.ContainsAny(first, ".:")) {
+		return ref
+	}
+	return "docker.io/" + ref
+}
+
 // layoutImage is the descriptor of the image named ref in make image's OCI
 // layout, and the index it must be.
 func layoutImage(t *testing.T, layout, ref string) (descriptor, index) {
@@ -55,7 +65,7 @@ func layoutImage(t *testing.T, layout, ref string) (descriptor, index) {
 	require.NoError(t, err, "run make image")
 	var found []descriptor
 	for _, d := range idx.Manifests {
-		if d.Annotations["io.containerd.image.name"] == "docker.io/"+ref {
+		if d.Annotations["io.containerd.image.name"] == fullName(ref) {
 			found = append(found, d)
 		}
 	}
