@@ -129,8 +129,9 @@ clean:
 #   make bench BENCH_FLAGS='-row unpack'      extracting a layer chain: build 2
 #                        of the report's Dockerfile (rootful), a cold FROM + RUN,
 #                        the same from a zstd cache, on ours, bin/baseline and
-#                        bin/upstream side by side (-size 350, -runs 3, about
-#                        20 minutes); prints its tables, writes -md FILE if given
+#                        bin/upstream side by side (-size 350, -runs 3; 20
+#                        minutes with the rootless row on a quiet 2-core VM);
+#                        prints its tables, writes -md FILE if given
 #   make bench BENCH_FLAGS='-row unpack -unpack report,rootless'   adds build 2
 #                        in our rootless image (make image first)
 #   make bench BENCH_FLAGS='-size 350 -row clients'  the export to a new
