@@ -90,12 +90,6 @@ func TestInvalidDelay(t *testing.T) {
 	require.EqualError(t, err, "invalid delay -1ms")
 }
 
-// stamped is a message and when its sender wrote it.
-type stamped struct {
-	msg  []byte
-	sent time.Time
-}
-
 // TestDelayEachWay checks what the delay guarantees: no byte reaches the
 // other end before the delay has passed since it was written, in either
 // direction, so a request and its answer take at least twice the delay.
