@@ -85,7 +85,8 @@ func Start(target string, rate float64, opts ...Option) (*Proxy, error) {
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Bytes returns what the proxy has carried so far: client to daemon (up)
-// and daemon to client (down).
+// and daemon to client (down). A chunk is counted before it is written, so
+// once a peer has read a byte it is in the count.
 func (p *Proxy) Bytes() (up, down int64) { return p.up.bytes.Load(), p.down.bytes.Load() }
 
 // Close stops listening, closes every forwarded connection and waits for
@@ -143,9 +144,7 @@ func (l *link) copy(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			time.Sleep(time.Until(l.send(n, time.Now())))
-			w, werr := dst.Write(buf[:n])
-			l.bytes.Add(int64(w))
-			if werr != nil {
+			if werr := writeCounted(dst, buf[:n], &l.bytes); werr != nil {
 				return
 			}
 		}
@@ -212,9 +211,7 @@ func newDelayLine(dst net.Conn, count *atomic.Int64) *delayLine {
 				closeWrite(dst)
 				continue
 			}
-			w, err := dst.Write(c.data)
-			count.Add(int64(w))
-			if err != nil {
+			if err := writeCounted(dst, c.data, count); err != nil {
 				close(d.failed)
 				for range d.q {
 					// drop what is still on its way to a dead end
@@ -299,4 +296,13 @@ func (p *Proxy) untrack(conns ...net.Conn) {
 		c.Close()
 		delete(p.conns, c)
 	}
+}
+
+// writeCounted writes b to dst, counting it first and taking back what the
+// write did not carry.
+func writeCounted(dst net.Conn, b []byte, count *atomic.Int64) error {
+	count.Add(int64(len(b)))
+	w, err := dst.Write(b)
+	count.Add(int64(w - len(b)))
+	return err
 }
