@@ -39,7 +39,7 @@ LDFLAGS := -X $(PKG)/version.Version=$(VERSION) \
 # integration framework looks for (bin/registry).
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: tree build deps mirror vet test test-unit test-integration test-series test-lazy upstream-patch clean
+.PHONY: tree build deps mirror vet test test-unit test-race-unit test-integration test-series test-lazy upstream-patch clean
 
 tree:
 	@hack/tree $(TREE)
@@ -71,10 +71,18 @@ vet: tree
 
 # Unit tests of the packages the series touches, in the tree, and of our
 # tools.
+UNIT_PKGS := ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./cmd/buildkitd/config/
+INTEGRATION_SKIP := ^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$
+
 test-unit: tree
-	cd $(TREE) && go test -count=1 ./cache/ ./cache/remotecache/ ./cache/remotecache/v1/ ./cache/remotecache/local/ ./util/contentutil/ ./cmd/buildkitd/config/
-	cd $(TREE) && go test -count=1 -skip '^Test(Integration|ClientGatewayIntegration|CompatibilityIntegration)$$' ./client/
+	cd $(TREE) && go test -count=1 $(UNIT_PKGS)
+	cd $(TREE) && go test -count=1 -skip '$(INTEGRATION_SKIP)' ./client/
 	for m in hack/bench hack/remotetest hack/testimages hack/docscheck; do (cd $$m && go test -count=1 ./...) || exit 1; done
+
+# The same unit tests with the race detector, as upstream's CI runs them.
+test-race-unit: tree
+	cd $(TREE) && go test -race -count=1 $(UNIT_PKGS)
+	cd $(TREE) && go test -race -count=1 -skip '$(INTEGRATION_SKIP)' ./client/
 
 # The integration tests our pull requests add and upstream's client cache
 # tests (hack/upstream-cache-tests.txt), in the tree, on bin/buildkitd with
@@ -101,7 +109,7 @@ test-series: deps mirror tree
 test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
-test: deps vet test-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
+test: deps vet test-unit test-race-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).

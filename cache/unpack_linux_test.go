@@ -636,3 +636,48 @@ func TestParallelUnpackNative(t *testing.T) {
 	require.Equal(t, want, newUnpackTest(ctx, t, "native", 2, layers...).trees(ctx, t))
 	require.Contains(t, want[1], "a/1")
 }
+
+// statusProgress records the statuses a layer's progress controller is
+// given.
+type statusProgress struct {
+	mu       sync.Mutex
+	statuses []string
+}
+
+func (p *statusProgress) Start(ctx context.Context) (context.Context, func(error)) {
+	return ctx, func(error) {}
+}
+
+func (p *statusProgress) Status(id string, action string) func() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.statuses = append(p.statuses, id)
+	return func() {}
+}
+
+// Each layer reports its extraction to its own descriptor handler's
+// progress, as a pull's refs carry them; run with -race, this also checks
+// that the parent's apply and the child's do not share the controller.
+func TestUnpackProgress(t *testing.T) {
+	t.Parallel()
+	ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
+	for _, bound := range []int{0, 2} {
+		t.Run(fmt.Sprintf("bound %d", bound), func(t *testing.T) {
+			t.Parallel()
+			ut := newUnpackTest(ctx, t, "overlayfs", bound, chain(3)...)
+			dhs := DescHandlers{}
+			pgs := map[digest.Digest]*statusProgress{}
+			for _, desc := range ut.descs {
+				pgs[desc.Digest] = &statusProgress{}
+				dhs[desc.Digest] = &DescHandler{Progress: pgs[desc.Digest]}
+			}
+			ref, err := ut.cm.Get(ctx, ut.top().ID(), nil, dhs)
+			require.NoError(t, err)
+			defer ref.Release(context.WithoutCancel(ctx))
+			require.NoError(t, ref.Extract(ctx, nil))
+			for _, desc := range ut.descs {
+				require.Equal(t, []string{"extracting " + desc.Digest.String()}, pgs[desc.Digest].statuses, "layer %s", desc.Digest)
+			}
+		})
+	}
+}

@@ -44,8 +44,16 @@ func (s *cacheExportStore) placeImported(ctx context.Context, desc ocispecs.Desc
 }
 
 // linkBlob hard-links src to rel in the directory root once the link hashes
-// to desc.
+// to desc. src must be a regular file: a symbolic link would be linked as
+// itself and resolve from its new place to another file than the one hashed.
 func linkBlob(src, root, rel string, desc ocispecs.Descriptor) error {
+	fi, err := os.Lstat(src)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return errors.Errorf("%s is not a regular file", src)
+	}
 	tmp, err := os.MkdirTemp(root, ".import-")
 	if err != nil {
 		return err
@@ -55,9 +63,20 @@ func linkBlob(src, root, rel string, desc ocispecs.Descriptor) error {
 	if err := os.Link(src, p); err != nil {
 		return err
 	}
-	f, err := os.Open(p)
+	// src may have been replaced since it was looked at: what is hashed and
+	// placed is the file looked at.
+	f, err := os.OpenFile(p, os.O_RDONLY|oNoFollow, 0)
 	if err != nil {
 		return err
+	}
+	ffi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return err
+	}
+	if !os.SameFile(fi, ffi) {
+		f.Close()
+		return errors.Errorf("%s changed while it was linked", src)
 	}
 	d := desc.Digest.Algorithm().Digester()
 	n, err := io.Copy(d.Hash(), f)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -78,5 +79,57 @@ func TestCacheExportStoreSkipsMismatchedBlob(t *testing.T) {
 	require.NoError(t, err)
 	for _, e := range entries {
 		require.NotContains(t, e.Name(), ".import-", "a temporary file is left")
+	}
+}
+
+// An imported blob that is a symbolic link, to an identical copy, is not
+// linked: a link to it would be a second symbolic link, resolving from the
+// export directory to another file than the one hashed, or out of it. The
+// blob is copied, as a regular file.
+func TestCacheExportStoreCopiesSymlinkedBlob(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("symbolic links need a privilege on Windows")
+	}
+	for _, tc := range []struct {
+		name   string
+		target func(base string) string
+	}{
+		// From DIR/blobs/sha256 this is DIR/copy; from the export's
+		// temporary directory it is BASE/copy, which holds the same bytes;
+		// from the export's blobs/sha256 it is the export's copy, which
+		// does not exist.
+		{name: "relative", target: func(string) string { return "../../copy" }},
+		{name: "absolute", target: func(base string) string { return filepath.Join(base, "copy") }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := t.Context()
+			blob := []byte("imported layer")
+			base := t.TempDir()
+			src := filepath.Join(base, "src")
+			srcStore, err := contentlocal.NewStore(src)
+			require.NoError(t, err)
+			dgst := writeBlob(ctx, t, srcStore, blob)
+			p := filepath.Join(src, "blobs", dgst.Algorithm().String(), dgst.Encoded())
+			for _, copy := range []string{filepath.Join(src, "copy"), filepath.Join(base, "copy")} {
+				require.NoError(t, os.WriteFile(copy, blob, 0o644))
+			}
+			require.NoError(t, os.Remove(p))
+			require.NoError(t, os.Symlink(tc.target(base), p))
+			dest := filepath.Join(base, "dest")
+			destStore, err := contentlocal.NewStore(dest)
+			require.NoError(t, err)
+			s := &cacheExportStore{Store: destStore, lock: flock.New(filepath.Join(dest, "cache.lock")), dir: dest, imports: map[string]content.Store{src: srcStore}}
+			defer s.Close()
+			desc := ocispecs.Descriptor{Digest: dgst, Size: int64(len(blob))}
+
+			_, err = s.Writer(ctx, content.WithRef("export"), content.WithDescriptor(desc))
+			require.ErrorIs(t, err, cerrdefs.ErrAlreadyExists)
+			fi, err := os.Lstat(filepath.Join(dest, "blobs", dgst.Algorithm().String(), dgst.Encoded()))
+			require.NoError(t, err)
+			require.True(t, fi.Mode().IsRegular(), "the placed blob is %s", fi.Mode())
+			dt, err := content.ReadBlob(ctx, destStore, desc)
+			require.NoError(t, err)
+			require.Equal(t, blob, dt)
+		})
 	}
 }
