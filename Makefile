@@ -113,7 +113,7 @@ test: deps vet test-unit test-race-unit build test-docs test-integration test-se
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).
-DOCS = README.md CONTRIBUTING.md $(wildcard docs/*.md) $(wildcard series/*/cover)
+DOCS = README.md CONTRIBUTING.md $(wildcard docs/*.md) $(wildcard series/*/cover) $(wildcard proposals/*/cover)
 
 .PHONY: test-docs
 

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/containerd/containerd/v2/core/diff"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -69,6 +70,22 @@ func (sr *immutableRef) parallelUnpack() *parallelApplier {
 		return nil
 	}
 	return pa
+}
+
+// appliesInPlace reports whether a layer of mediaType can be applied
+// without its parent: a plain tar, gzip or zstd layer, whose stream the
+// applier would decompress itself. The parallel path does not go through the
+// worker's applier, whose diff.ApplyConfig has no tar filter to record the
+// directories a layer creates implicitly; any other layer (nydus, encrypted,
+// what a future applier handles) is applied by the worker's applier, on its
+// committed parent.
+func appliesInPlace(mediaType string) bool {
+	switch mediaType {
+	case ocispecs.MediaTypeImageLayer, ocispecs.MediaTypeImageLayerGzip, ocispecs.MediaTypeImageLayerZstd,
+		images.MediaTypeDockerSchema2Layer, images.MediaTypeDockerSchema2LayerGzip, images.MediaTypeDockerSchema2LayerZstd:
+		return true
+	}
+	return false
 }
 
 // acquire takes a slot once the parent's apply holds one or is done.

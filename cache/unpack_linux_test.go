@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/diff"
 	"github.com/containerd/containerd/v2/core/diff/apply"
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -680,4 +681,57 @@ func TestUnpackProgress(t *testing.T) {
 			}
 		})
 	}
+}
+
+// mediaTypeApplier is a worker's applier that knows a media type of its own
+// (as the nydus build's applier knows nydus blobs): it applies such a layer
+// as the gzip layer it is made of, and records that it did.
+type mediaTypeApplier struct {
+	diff.Applier
+	mediaType string
+	mu        sync.Mutex
+	applied   []digest.Digest
+}
+
+func (a *mediaTypeApplier) Apply(ctx context.Context, desc ocispecs.Descriptor, mounts []mount.Mount, opts ...diff.ApplyOpt) (ocispecs.Descriptor, error) {
+	if desc.MediaType == a.mediaType {
+		a.mu.Lock()
+		a.applied = append(a.applied, desc.Digest)
+		a.mu.Unlock()
+		desc.MediaType = ocispecs.MediaTypeImageLayerGzip
+	}
+	return a.Applier.Apply(ctx, desc, mounts, opts...)
+}
+
+// A layer of a media type the parallel path does not decompress itself is
+// applied by the worker's applier, on its committed parent; the others of
+// its chain are applied in parallel.
+func TestParallelUnpackOtherMediaType(t *testing.T) {
+	t.Parallel()
+	ctx := namespaces.WithNamespace(t.Context(), "buildkit-test")
+	const mediaType = "application/vnd.example.layer.v1+gzip"
+	ut := newUnpackTest(ctx, t, "overlayfs", 2, chain(1)...)
+	wa := &mediaTypeApplier{Applier: ut.cm.Applier.(*parallelApplier).Applier, mediaType: mediaType}
+	ut.cm.Applier = NewParallelUnpackApplier(wa, 2)
+	parent := ut.top()
+	for i, l := range [][]tar.Header{{reg("other")}, {reg("gzip")}} {
+		b, desc := layerBlob(t, l...)
+		if i == 0 {
+			desc.MediaType = mediaType
+		}
+		ut.store.opens[desc.Digest] = make(chan struct{})
+		ut.store.closes[desc.Digest] = make(chan struct{})
+		require.NoError(t, content.WriteBlob(ctx, ut.store, desc.Digest.String(), bytes.NewReader(b), desc))
+		ref, err := ut.cm.GetByBlob(ctx, desc, parent)
+		require.NoError(t, err)
+		t.Cleanup(func() { ref.Release(context.WithoutCancel(ctx)) })
+		ut.refs = append(ut.refs, ref)
+		ut.descs = append(ut.descs, desc)
+		parent = ref
+	}
+	trees := ut.trees(ctx, t)
+	require.Equal(t, []digest.Digest{ut.descs[1].Digest}, wa.applied)
+	require.Contains(t, trees[2], "other")
+	require.Contains(t, trees[2], "gzip")
+	ut.requireNoExtractSnapshots(ctx, t)
 }

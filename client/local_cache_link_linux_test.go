@@ -18,7 +18,7 @@ func init() {
 // testLocalCacheExportToOtherFileSystem checks that an export to a new
 // directory on another file system than the imported one, where no hard
 // link can be made, copies the imported blobs on the client: the export is
-// complete and no layer crosses the session either way.
+// complete and no layer is sent by the daemon.
 func testLocalCacheExportToOtherFileSystem(t *testing.T, sb integration.Sandbox) {
 	lc := newLinkedCache(t, sb)
 	mnt := t.TempDir()
@@ -33,10 +33,9 @@ func testLocalCacheExportToOtherFileSystem(t *testing.T, sb integration.Sandbox)
 
 	c, b := newCountingClient(t, sb)
 	dest := filepath.Join(mnt, "cache-new")
-	_, err := c.Solve(sb.Context(), lc.def, lc.rotate(true, dest), nil)
+	_, err := c.Solve(sb.Context(), lc.def, lc.rotate(dest), nil)
 	require.NoError(t, err)
 	require.Equal(t, lc.layers, requireCompleteCache(t, dest))
 	t.Logf("session: %d bytes sent, %d received", b.sent.Load(), b.received.Load())
 	require.Less(t, b.received.Load(), int64(linkedLayerSize), "the daemon sent a layer")
-	require.Less(t, b.sent.Load(), int64(linkedLayerSize), "the daemon read a layer")
 }

@@ -8,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -33,56 +32,30 @@ const linkedLayerSize = 1 << 20
 // testLocalCacheExportLinksImportedBlobs checks that an export to a new
 // directory takes the blobs that a directory the build imports holds from
 // there: the export is complete, its layers are hard links of the imported
-// ones, no layer is sent by the daemon and, for a lazy import, none is read
-// by it either. An eager import reads every layer when it loads, which
-// shows that the session's bytes are counted.
+// ones and no layer is sent by the daemon. The import reads every layer
+// when it loads, which shows that the session's bytes are counted.
 func testLocalCacheExportLinksImportedBlobs(t *testing.T, sb integration.Sandbox) {
 	lc := newLinkedCache(t, sb)
-	for _, lazy := range []bool{true, false} {
-		t.Run("lazy="+strconv.FormatBool(lazy), func(t *testing.T) {
-			c, b := newCountingClient(t, sb)
-			defer ensurePruneAll(t, c, sb)
-			dest := filepath.Join(t.TempDir(), "cache-new")
-			_, err := c.Solve(sb.Context(), lc.def, lc.rotate(lazy, dest), nil)
-			require.NoError(t, err)
-			require.Equal(t, lc.layers, requireCompleteCache(t, dest))
-			t.Logf("session: %d bytes sent, %d received", b.sent.Load(), b.received.Load())
-			if lazy {
-				require.Less(t, b.sent.Load(), int64(linkedLayerSize), "the daemon read a layer")
-			} else {
-				require.GreaterOrEqual(t, b.sent.Load(), int64(len(lc.layers)*linkedLayerSize), "an eager import reads every layer")
-			}
-			require.Less(t, b.received.Load(), int64(linkedLayerSize), "the daemon sent a layer")
-			for _, l := range lc.layers {
-				require.True(t, sameBlob(t, lc.dir, dest, l), "layer %s is not a link of the imported one", l)
-			}
-		})
+	c, b := newCountingClient(t, sb)
+	defer ensurePruneAll(t, c, sb)
+	dest := filepath.Join(t.TempDir(), "cache-new")
+	_, err := c.Solve(sb.Context(), lc.def, lc.rotate(dest), nil)
+	require.NoError(t, err)
+	require.Equal(t, lc.layers, requireCompleteCache(t, dest))
+	t.Logf("session: %d bytes sent, %d received", b.sent.Load(), b.received.Load())
+	require.GreaterOrEqual(t, b.sent.Load(), int64(len(lc.layers)*linkedLayerSize), "the import reads every layer")
+	require.Less(t, b.received.Load(), int64(linkedLayerSize), "the daemon sent a layer")
+	for _, l := range lc.layers {
+		require.True(t, sameBlob(t, lc.dir, dest, l), "layer %s is not a link of the imported one", l)
 	}
 }
 
 // testLocalCacheExportCorruptImportedBlob checks that a blob whose bytes do
 // not match its digest in the imported directory never lands in the new
-// one. A layer the imported cache references, imported lazily: the client
-// does not place it, the daemon copies the bad bytes to the client, whose
-// store refuses them, and the build fails. A stray blob, which no record of
-// the imported cache references, under the digest of a layer the build
-// makes: the daemon writes the layer it made, and an intact stray blob
-// beside it is linked.
+// one: a stray blob, which no record of the imported cache references,
+// under the digest of a layer the build makes. The daemon writes the layer
+// it made, and an intact stray blob beside it is linked.
 func testLocalCacheExportCorruptImportedBlob(t *testing.T, sb integration.Sandbox) {
-	t.Run("lazy", func(t *testing.T) {
-		lc := newLinkedCache(t, sb)
-		bad := lc.layers[1]
-		corruptBlob(t, lc.dir, bad)
-		c, err := New(sb.Context(), sb.Address())
-		require.NoError(t, err)
-		defer c.Close()
-		defer ensurePruneAll(t, c, sb)
-		dest := filepath.Join(t.TempDir(), "cache-new")
-		_, err = c.Solve(sb.Context(), lc.def, lc.rotate(true, dest), nil)
-		require.ErrorContains(t, err, "unexpected commit digest")
-		_, err = os.Stat(filepath.Join(dest, "blobs", bad.Algorithm().String(), bad.Encoded()))
-		require.ErrorIs(t, err, os.ErrNotExist)
-	})
 	t.Run("stray", func(t *testing.T) {
 		lc := newLinkedCache(t, sb)
 		other := newLinkedCache(t, sb)
@@ -97,7 +70,7 @@ func testLocalCacheExportCorruptImportedBlob(t *testing.T, sb integration.Sandbo
 		defer c.Close()
 		defer ensurePruneAll(t, c, sb)
 		dest := filepath.Join(t.TempDir(), "cache-new")
-		_, err = c.Solve(sb.Context(), lc.def, other.rotate(false, dest), nil)
+		_, err = c.Solve(sb.Context(), lc.def, other.rotate(dest), nil)
 		require.NoError(t, err)
 		require.Equal(t, lc.layers, requireCompleteCache(t, dest))
 		require.False(t, sameBlob(t, other.dir, dest, lc.layers[1]), "the corrupt blob was linked")
@@ -155,9 +128,9 @@ func newLinkedCache(t *testing.T, sb integration.Sandbox) *linkedCache {
 
 // rotate is the GitHub Actions guide's step: import the directory, export
 // to a new one with mode=max.
-func (lc *linkedCache) rotate(lazy bool, dest string) SolveOpt {
+func (lc *linkedCache) rotate(dest string) SolveOpt {
 	return SolveOpt{
-		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": lc.dir, "lazy": strconv.FormatBool(lazy)}}},
+		CacheImports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"src": lc.dir}}},
 		CacheExports: []CacheOptionsEntry{{Type: "local", Attrs: map[string]string{"dest": dest, "mode": "max"}}},
 	}
 }

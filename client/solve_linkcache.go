@@ -11,6 +11,18 @@ import (
 	"github.com/pkg/errors"
 )
 
+// localImports returns the content stores of the local directories the
+// solve imports, by directory.
+func (opt *cacheOptions) localImports() map[string]content.Store {
+	imported := make(map[string]content.Store)
+	for _, im := range opt.options.Imports {
+		if im.Type == "local" {
+			imported[im.Attrs["src"]] = opt.contentStores["local:"+im.Attrs["src"]]
+		}
+	}
+	return imported
+}
+
 // placeImported puts the blob desc into the export directory, when it lacks
 // it and a directory the solve imports holds it: a hard link where the file
 // system allows, a copy from the import's store otherwise (another file

@@ -39,6 +39,8 @@
 //     read-only directory is imported lazily
 //   - Dockerfile rebuilds: COPY --link reads no layer; plain COPY gives the
 //     right files and layers
+//   - the rotation with a lazy import (series 06 on 03): the new directory's
+//     layers are hard links of the imported ones
 //
 // Dropped from the tests this suite replaces (commit 5190224):
 //

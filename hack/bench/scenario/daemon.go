@@ -17,8 +17,10 @@ import (
 )
 
 // WriteDaemonConfig writes a buildkitd.toml that lets the daemon pull from
-// and push to the loopback registry over plain HTTP, and turns garbage
-// collection off so that it cannot start in the middle of a measurement.
+// and push to the loopback registry over plain HTTP, turns garbage
+// collection off so that it cannot start in the middle of a measurement,
+// and turns series 05's parallel apply on, as our root image does (daemons
+// without it, upstream's and the baseline, ignore the key).
 func WriteDaemonConfig(path, registryAddr string) error {
 	cfg := fmt.Sprintf(`# written by hack/bench/scenario
 [registry.%q]
@@ -27,6 +29,7 @@ func WriteDaemonConfig(path, registryAddr string) error {
 
 [worker.oci]
   gc = false
+  parallel-unpack = true
 `, registryAddr)
 	return errors.Wrapf(os.WriteFile(path, []byte(cfg), 0o644), "failed to write %s", path)
 }
