@@ -39,7 +39,7 @@ LDFLAGS := -X $(PKG)/version.Version=$(VERSION) \
 # integration framework looks for (bin/registry).
 export PATH := $(CURDIR)/bin:$(PATH)
 
-.PHONY: tree build deps mirror vet test test-unit test-race-unit test-integration test-series test-lazy upstream-patch clean
+.PHONY: tree build deps mirror vet test test-unit test-race-unit test-integration test-race-integration test-series test-lazy upstream-patch clean
 
 tree:
 	@hack/tree $(TREE)
@@ -109,7 +109,13 @@ test-series: deps mirror tree
 test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
-test: deps vet test-unit test-race-unit build test-docs test-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
+# Our PRs' integration tests once more, on a buildkitd built with the race
+# detector, with eager and lazy imports beside them; a race in a file the
+# series changes fails the run (hack/test-race-integration).
+test-race-integration: deps build mirror
+	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-race-integration $(TREE)
+
+test: deps vet test-unit test-race-unit build test-docs test-integration test-race-integration test-series test-lazy test-wrapper test-buildx test-buildclient test-stress test-image
 
 # Every file path, make target, environment variable and test name that
 # the README, docs/ and the covers name exists (hack/docscheck).
