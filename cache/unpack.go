@@ -160,29 +160,49 @@ func (sr *immutableRef) applyDetached(ctx context.Context, pa *parallelApplier, 
 // layer on its parent.
 func (d *detachedLayer) commit(ctx context.Context, sr *immutableRef, parentID string) error {
 	if d.dirs.needFixup() {
-		lowers, err := parentLayerDirs(ctx, sr.layerParent)
-		if err != nil {
-			return err
-		}
-		if err := d.dirs.fixup(lowers); err != nil {
-			return err
+		if err := d.fixup(ctx, sr, parentID); err != nil {
+			bklog.G(ctx).WithError(err).Debugf("applying layer %s on its parent: its implicit directories could not be fixed up", sr.getChainID())
+			return errApplySequentially
 		}
 	}
 	return sr.cm.Snapshotter.Commit(ctx, sr.getSnapshotID(), d.key, snapshots.WithParent(parentID))
 }
 
+// fixup reads the parent's layer directories through a view of its own,
+// removed before it returns, so that no view of the parent outlives the
+// apply.
+func (d *detachedLayer) fixup(ctx context.Context, sr *immutableRef, parentID string) error {
+	key := fmt.Sprintf("fixup-%s %s", identity.NewID(), sr.getChainID())
+	mountable, err := sr.cm.Snapshotter.View(ctx, key, parentID)
+	if err != nil {
+		return err
+	}
+	defer dropSnapshot(ctx, sr, d.leaseID, key)
+	lowers, err := layerDirs(mountable)
+	if err != nil {
+		return errors.Wrapf(err, "layers of snapshot %s", parentID)
+	}
+	return d.dirs.fixup(lowers)
+}
+
 // remove drops the snapshot from the extraction's lease and collects it.
 func (d *detachedLayer) remove(ctx context.Context, sr *immutableRef) {
+	dropSnapshot(ctx, sr, d.leaseID, d.key)
+}
+
+// dropSnapshot deletes the snapshot key from the lease it was made in and
+// collects it.
+func dropSnapshot(ctx context.Context, sr *immutableRef, leaseID, key string) {
 	ctx = context.WithoutCancel(ctx)
-	if err := sr.cm.LeaseManager.DeleteResource(ctx, leases.Lease{ID: d.leaseID}, leases.Resource{
-		ID:   d.key,
+	if err := sr.cm.LeaseManager.DeleteResource(ctx, leases.Lease{ID: leaseID}, leases.Resource{
+		ID:   key,
 		Type: "snapshots/" + sr.cm.Snapshotter.Name(),
 	}); err != nil && !cerrdefs.IsNotFound(err) {
-		bklog.G(ctx).Warn(errors.Wrapf(err, "failed to delete active snapshot %s from lease %s", d.key, d.leaseID))
+		bklog.G(ctx).Warn(errors.Wrapf(err, "failed to delete snapshot %s from lease %s", key, leaseID))
 	}
 	if sr.cm.GarbageCollect != nil {
 		if _, err := sr.cm.GarbageCollect(ctx); err != nil {
-			bklog.G(ctx).Warn(errors.Wrapf(err, "failed to garbage collect active snapshot %s", d.key))
+			bklog.G(ctx).Warn(errors.Wrapf(err, "failed to garbage collect snapshot %s", key))
 		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive"
 	"github.com/containerd/continuity/fs"
 	"github.com/containerd/continuity/sysx"
+	"github.com/moby/buildkit/snapshot"
 	"github.com/moby/buildkit/util/bklog"
 	"github.com/moby/buildkit/util/overlay"
 	"github.com/moby/sys/userns"
@@ -263,16 +264,9 @@ func isEmptyDir(p string) (bool, error) {
 	return false, err
 }
 
-// parentLayerDirs returns the directories of the layers of parent, nearest
-// first, which the overlayfs snapshotter passes as the lowerdirs of a
-// snapshot on it.
-func parentLayerDirs(ctx context.Context, parent *immutableRef) ([]string, error) {
-	parent.mu.Lock()
-	mountable, err := parent.mount(ctx)
-	parent.mu.Unlock()
-	if err != nil {
-		return nil, err
-	}
+// layerDirs returns the directories of the layers of a view, nearest
+// first, which the overlayfs snapshotter passes as its lowerdirs.
+func layerDirs(mountable snapshot.Mountable) ([]string, error) {
 	mounts, release, err := mountable.Mount()
 	if err != nil {
 		return nil, err
@@ -282,7 +276,7 @@ func parentLayerDirs(ctx context.Context, parent *immutableRef) ([]string, error
 		return []string{mounts[0].Source}, nil
 	}
 	if len(mounts) != 1 || !overlay.IsOverlayMountType(mounts[0]) {
-		return nil, errors.Errorf("unexpected mounts of snapshot %s: %+v", parent.getSnapshotID(), mounts)
+		return nil, errors.Errorf("unexpected mounts: %+v", mounts)
 	}
 	dirs, err := overlay.GetOverlayLayers(mounts[0])
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"context"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/moby/buildkit/snapshot"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
@@ -24,6 +25,6 @@ func applyInPlace(context.Context, content.Provider, ocispecs.Descriptor, string
 	return "", nil, errors.New("applying a layer in place is supported on Linux only")
 }
 
-func parentLayerDirs(context.Context, *immutableRef) ([]string, error) {
+func layerDirs(snapshot.Mountable) ([]string, error) {
 	return nil, errors.New("applying a layer in place is supported on Linux only")
 }
