@@ -32,6 +32,7 @@ func testLocalCacheExportToOtherFileSystem(t *testing.T, sb integration.Sandbox)
 	require.NotEqual(t, src.Dev, dst.Dev)
 
 	c, b := newCountingClient(t, sb)
+	defer ensurePruneAll(t, c, sb)
 	dest := filepath.Join(mnt, "cache-new")
 	_, err := c.Solve(sb.Context(), lc.def, lc.rotate(dest), nil)
 	require.NoError(t, err)

@@ -21,10 +21,6 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-func init() {
-	allTests = append(allTests, testLocalCacheExportLinksImportedBlobs, testLocalCacheExportCorruptImportedBlob)
-}
-
 // linkedLayerSize is the size of each layer of a linkedCache: more than
 // everything else a build's session carries.
 const linkedLayerSize = 1 << 20
