@@ -66,7 +66,13 @@ func linkBlob(src, root, rel string, desc ocispecs.Descriptor) error {
 	if !fi.Mode().IsRegular() {
 		return errors.Errorf("%s is not a regular file", src)
 	}
-	tmp, err := os.MkdirTemp(root, ".import-")
+	// In the store's ingest directory, beside its own unfinished writes:
+	// what a crash leaves there is not in the export's root.
+	ingest := filepath.Join(root, "ingest")
+	if err := os.MkdirAll(ingest, 0o755); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(ingest, ".import-")
 	if err != nil {
 		return err
 	}

@@ -75,10 +75,12 @@ func TestCacheExportStoreSkipsMismatchedBlob(t *testing.T) {
 	require.NoError(t, w.Close())
 	_, err = dest.Info(ctx, desc.Digest)
 	require.ErrorIs(t, err, cerrdefs.ErrNotFound)
-	entries, err := os.ReadDir(s.dir)
-	require.NoError(t, err)
-	for _, e := range entries {
-		require.NotContains(t, e.Name(), ".import-", "a temporary file is left")
+	for _, dir := range []string{s.dir, filepath.Join(s.dir, "ingest")} {
+		entries, err := os.ReadDir(dir)
+		require.NoError(t, err)
+		for _, e := range entries {
+			require.NotContains(t, e.Name(), ".import-", "a temporary file is left in %s", dir)
+		}
 	}
 }
 
