@@ -328,6 +328,9 @@ func TestParallelUnpackMatchesSequential(t *testing.T) {
 		// expected entries of the top layer's merged tree, as a
 		// sequential apply gives them
 		expect map[string]string
+		// the parallel path leaves a layer to be applied again on its
+		// parent: what its fix-up cannot reproduce
+		reapplied bool
 	}{
 		{
 			name: "implicit parents",
@@ -436,7 +439,8 @@ func TestParallelUnpackMatchesSequential(t *testing.T) {
 			},
 		},
 		{
-			name: "directory listed after its content",
+			name:      "directory listed after its content",
+			reapplied: true,
 			layers: [][]tar.Header{{
 				dir("a", 0700, 9, 9, "user.a", "1"),
 			}, {
@@ -448,7 +452,8 @@ func TestParallelUnpackMatchesSequential(t *testing.T) {
 			},
 		},
 		{
-			name: "implicit parent with a default ACL",
+			name:      "implicit parent with a default ACL",
+			reapplied: true,
 			layers: [][]tar.Header{{
 				dir("acl", 0775, 0, 0, "system.posix_acl_default", posixACL()),
 			}, {
@@ -472,6 +477,13 @@ func TestParallelUnpackMatchesSequential(t *testing.T) {
 				require.True(t, strings.HasPrefix(top[p], prefix), "%s: %s, want %s", p, top[p], prefix)
 			}
 			parallel.requireNoExtractSnapshots(ctx, t)
+			// trees() reads no blob: each was read by the extract, once
+			// unless a layer was applied again.
+			if tc.reapplied {
+				require.Greater(t, len(parallel.store.opened), len(tc.layers), "no layer was applied again")
+			} else {
+				require.Len(t, parallel.store.opened, len(tc.layers), "a layer was applied again")
+			}
 		})
 	}
 }
