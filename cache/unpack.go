@@ -155,34 +155,15 @@ func (sr *immutableRef) applyDetached(ctx context.Context, pa *parallelApplier, 
 	return d, nil
 }
 
-// commit gives the directories the layer created without listing them the
-// attributes a sequential apply copies from the parent's, and commits the
-// layer on its parent.
+// commit commits the layer on its parent. A layer whose tar creates
+// directories it does not list is left to be applied on its committed
+// parent: only there do they get the attributes of the directory at the
+// same path in the nearest lower layer, as a sequential apply gives them.
 func (d *detachedLayer) commit(ctx context.Context, sr *immutableRef, parentID string) error {
 	if d.dirs.needFixup() {
-		if err := d.fixup(ctx, sr, parentID); err != nil {
-			bklog.G(ctx).WithError(err).Debugf("applying layer %s on its parent: its implicit directories could not be fixed up", sr.getChainID())
-			return errApplySequentially
-		}
+		return errApplySequentially
 	}
 	return sr.cm.Snapshotter.Commit(ctx, sr.getSnapshotID(), d.key, snapshots.WithParent(parentID))
-}
-
-// fixup reads the parent's layer directories through a view of its own,
-// removed before it returns, so that no view of the parent outlives the
-// apply.
-func (d *detachedLayer) fixup(ctx context.Context, sr *immutableRef, parentID string) error {
-	key := fmt.Sprintf("fixup-%s %s", identity.NewID(), sr.getChainID())
-	mountable, err := sr.cm.Snapshotter.View(ctx, key, parentID)
-	if err != nil {
-		return err
-	}
-	defer dropSnapshot(ctx, sr, d.leaseID, key)
-	lowers, err := layerDirs(mountable)
-	if err != nil {
-		return errors.Wrapf(err, "layers of snapshot %s", parentID)
-	}
-	return d.dirs.fixup(lowers)
 }
 
 // remove drops the snapshot from the extraction's lease and collects it.

@@ -6,7 +6,6 @@ import (
 	"context"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/moby/buildkit/snapshot"
 	digest "github.com/opencontainers/go-digest"
 	ocispecs "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/pkg/errors"
@@ -19,12 +18,6 @@ type implicitDirs struct{}
 
 func (d *implicitDirs) needFixup() bool { return false }
 
-func (d *implicitDirs) fixup([]string) error { return nil }
-
 func applyInPlace(context.Context, content.Provider, ocispecs.Descriptor, string) (digest.Digest, *implicitDirs, error) {
 	return "", nil, errors.New("applying a layer in place is supported on Linux only")
-}
-
-func layerDirs(snapshot.Mountable) ([]string, error) {
-	return nil, errors.New("applying a layer in place is supported on Linux only")
 }
