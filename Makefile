@@ -114,8 +114,9 @@ test-lazy: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-lazy hack/lazytest
 
 # Our PRs' integration tests once more, on a buildkitd built with the race
-# detector, with eager and lazy imports beside them; a race in a file the
-# series changes fails the run (hack/test-race-integration).
+# detector, with eager and lazy imports beside them; a race whose stacks
+# reach a line the series adds or changes fails the run
+# (hack/test-race-integration).
 test-race-integration: deps build mirror
 	BUILDKIT_REGISTRY_MIRROR_DIR=$(MIRROR) hack/test-race-integration $(TREE)
 
