@@ -60,3 +60,13 @@ integration_run() {
 	grep -E -- '--- PASS: [A-Za-z]+/' "$log" | sed 's/^[[:space:]]*//'
 	rm -f "$log"
 }
+
+# our_integration_tests: the integration tests our pull requests and
+# proposals add, one GROUP/NAME a line: the "integration:" header line of
+# each series/*/cover and proposals/*/cover, TestIntegration/NAME where it
+# names no group.
+our_integration_tests() {
+	for c in "$root"/series/*/cover "$root"/proposals/*/cover; do
+		sed -n '/^$/q; s/^integration: *//p' "$c"
+	done | tr ' ' '\n' | sed '/^$/d; /\//!s#^#TestIntegration/#' | sort -u
+}
